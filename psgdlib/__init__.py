@@ -1,0 +1,14 @@
+"""psgdlib: preconditioned SGD (Li 2015, 2016) for recurrent networks.
+
+* :mod:`psgdlib.preconditioners` -- ``Dense``, ``Kron``, ``Diag`` fitted on criterion (3).
+* :mod:`psgdlib.pairs` -- the pairs ``(v, h)``: ``hvp``, ``finite_difference``, ``whitening``.
+* :class:`psgdlib.PSGD` -- a ``torch.optim`` optimizer for update (4).
+* :mod:`psgdlib.models` -- the RNN of eq. (1) and the 2D RNN of Experiment 3.
+* :mod:`psgdlib.tasks`, :mod:`psgdlib.train`, :mod:`psgdlib.experiments` -- the problems,
+  the training loop and the experiment runner.
+"""
+from .optim import PSGD
+from .preconditioners import Dense, Diag, Kron
+
+__version__ = "0.1.0"
+__all__ = ["PSGD", "Dense", "Kron", "Diag", "__version__"]

@@ -1,0 +1,308 @@
+"""PSGD preconditioners fitted on criterion (3) (Li 2016; Li, arXiv:1512.04202).
+
+Every preconditioner keeps ``P = Q^T Q`` with ``Q`` upper triangular with a
+positive diagonal (``Diag``: ``P = diag(q)^2``), so ``P`` stays symmetric
+positive definite.  ``update(v, h)`` takes one step of stochastic *relative*
+(natural) gradient descent on criterion (3)::
+
+    c(P) = h^T P h + v^T P^{-1} v,            (3)
+
+from a single pair ``(v, h)`` (the paper's ``(dtheta, dg)``).  Writing
+``a = Q h`` and ``b = Q^{-T} v``, the relative gradient of (3) with respect to
+``Q`` (the change ``dQ = E Q`` with ``E`` upper triangular) is
+``triu(a a^T - b b^T)``; the update is::
+
+    Q <- Q - mu / max|grad| * grad @ Q,
+
+the *normalized* step of [7]: dividing by the largest entry keeps every
+diagonal factor ``1 - mu grad_ii / max|grad|`` inside ``(1 - mu, 1 + mu)``, so
+``Q`` keeps a positive diagonal for any pair and ``0 < mu < 1``.  The fixed
+point satisfies ``P E[h h^T] P = E[v v^T]`` (the paper's Sec. II.A): for
+noise-free pairs ``h = H v`` and ``E[v v^T] = I`` that is ``P = |H|^{-1}``.
+
+A pair holding a non-finite value is skipped (``Q`` is left untouched) and
+counted in ``num_skipped``, without a host/device synchronisation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["Dense", "Kron", "Diag", "Preconditioner"]
+
+_TINY = 1e-30
+
+
+def _check_lr(lr: float) -> None:
+    if not (0.0 < float(lr) < 1.0):
+        raise ValueError(f"the normalized preconditioner step must satisfy 0 < lr < 1, got {lr}")
+
+
+def _check_init_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"init_scale must be a positive finite number, got {scale}")
+
+
+def _triu_apply(a: Tensor, Q: Tensor) -> Tensor:
+    """``triu(a a^T) @ Q`` in O(n^2) for an upper triangular ``Q``.
+
+    Row i of the product is ``a_i * sum_{k >= i} a_k Q[k, :]``: a reverse
+    cumulative sum over rows, no O(n^3) matrix product.
+    a: (n,), Q: (n, n).
+    """
+    aq = a[:, None] * Q
+    return a[:, None] * aq.flip(0).cumsum(0).flip(0)
+
+
+class Preconditioner:
+    """Common bookkeeping: step counters and the skipped-pair counter."""
+
+    def __init__(self, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
+        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.num_updates = 0
+
+    @property
+    def num_skipped(self) -> int:
+        """Number of pairs rejected because they held a non-finite value."""
+        return int(self._skipped.item())
+
+    def _accept(self, ok: Tensor, *pairs: tuple[Tensor, Tensor]) -> None:
+        """Write ``new`` into ``old`` in place where ``ok`` (a 0-d bool tensor); count rejects."""
+        self._skipped += (~ok).to(torch.int64)
+        for old, new in pairs:
+            old.copy_(torch.where(ok, new, old))
+
+    # serialisation -------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The live tensors (not copies) plus counters; ``from_state_dict`` wraps them again."""
+        d = {k: v for k, v in self._tensors().items()}
+        d["skipped"] = self._skipped
+        d["num_updates"] = self.num_updates
+        return d
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Preconditioner":
+        """A preconditioner whose tensors *are* those of ``state`` (no copy)."""
+        obj = cls.__new__(cls)
+        first = next(v for k, v in state.items() if k not in ("skipped", "num_updates"))
+        obj.dtype, obj.device = first.dtype, first.device
+        for k in state:
+            if k not in ("skipped", "num_updates"):
+                setattr(obj, k, state[k])
+        obj._skipped = state["skipped"]
+        obj.num_updates = int(state["num_updates"])
+        obj._set_dims()
+        return obj
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in self._tensors().items():
+            if state[k].shape != v.shape:
+                raise ValueError(f"{k}: expected shape {tuple(v.shape)}, got {tuple(state[k].shape)}")
+            v.copy_(state[k])
+        self._skipped.copy_(state["skipped"])
+        self.num_updates = int(state["num_updates"])
+
+    def _tensors(self) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _set_dims(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Dense(Preconditioner):
+    """Dense preconditioner for a flat parameter vector of length ``n`` (paper Sec. II.B.1).
+
+    ``P = Q^T Q``, ``Q`` (n, n) upper triangular.  Memory O(n^2); each update
+    and each ``precondition`` call costs O(n^2) (the relative-gradient product
+    ``triu(a a^T - b b^T) Q`` is evaluated as two reverse cumulative sums).
+    """
+
+    def __init__(self, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if int(n) < 1:
+            raise ValueError(f"Dense(n) needs n >= 1, got {n}")
+        _check_init_scale(init_scale)
+        super().__init__(dtype, device)
+        self.n = int(n)
+        self.Q = torch.eye(self.n, dtype=self.dtype, device=self.device) * math.sqrt(init_scale)
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"Q": self.Q}
+
+    def _set_dims(self) -> None:
+        self.n = self.Q.shape[0]
+
+    def _check(self, x: Tensor, name: str) -> Tensor:
+        if x.dim() != 1 or x.shape[0] != self.n:
+            raise ValueError(f"Dense({self.n}): {name} must be a vector of shape ({self.n},), "
+                             f"got {tuple(x.shape)}")
+        return x.to(self.Q.dtype)
+
+    @property
+    def P(self) -> Tensor:
+        """The preconditioner ``Q^T Q`` as a dense (n, n) matrix."""
+        return self.Q.T @ self.Q
+
+    def precondition(self, g: Tensor) -> Tensor:
+        """``P g = Q^T (Q g)`` for g of shape (n,)."""
+        g = self._check(g, "g")
+        return self.Q.T @ (self.Q @ g)
+
+    def criterion(self, v: Tensor, h: Tensor) -> Tensor:
+        """``h^T P h + v^T P^{-1} v``, criterion (3) for one pair."""
+        v, h = self._check(v, "v"), self._check(h, "h")
+        a = self.Q @ h
+        b = torch.linalg.solve_triangular(self.Q.T, v[:, None], upper=False)[:, 0]
+        return a @ a + b @ b
+
+    def update(self, v: Tensor, h: Tensor, lr: float = 0.01) -> None:
+        """One normalized relative-gradient step on (3) from the pair (v, h), both (n,)."""
+        _check_lr(lr)
+        v, h = self._check(v, "v"), self._check(h, "h")
+        Q = self.Q
+        a = Q @ h
+        b = torch.linalg.solve_triangular(Q.T, v[:, None], upper=False)[:, 0]  # Q^{-T} v
+        grad = torch.triu(torch.outer(a, a) - torch.outer(b, b))
+        gmax = grad.abs().max()
+        step = lr / (gmax + _TINY)
+        Qnew = Q - step * (_triu_apply(a, Q) - _triu_apply(b, Q))
+        ok = torch.isfinite(gmax) & torch.isfinite(Qnew).all()
+        self._accept(ok, (Q, Qnew))
+        self.num_updates += 1
+
+
+class Kron(Preconditioner):
+    """Kronecker-product preconditioner for an (m, n) matrix (the paper's eq. (5)).
+
+    ``P = P2 (x) P1`` with ``P1 = Q1^T Q1`` (m, m) and ``P2 = Q2^T Q2`` (n, n),
+    acting on a gradient matrix as ``G -> P1 @ G @ P2``.  For the RNN of eq. (1)
+    one ``Kron`` per weight matrix (bias folded in as the last column) gives
+    exactly eq. (5).  The split of scale between ``Q1`` and ``Q2`` is not
+    identifiable; it is rebalanced after every update (harmless for ``P``).
+    """
+
+    def __init__(self, m: int, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if int(m) < 1 or int(n) < 1:
+            raise ValueError(f"Kron(m, n) needs m, n >= 1, got ({m}, {n})")
+        _check_init_scale(init_scale)
+        super().__init__(dtype, device)
+        self.m, self.n = int(m), int(n)
+        s = init_scale ** 0.25
+        self.Q1 = torch.eye(self.m, dtype=self.dtype, device=self.device) * s
+        self.Q2 = torch.eye(self.n, dtype=self.dtype, device=self.device) * s
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"Q1": self.Q1, "Q2": self.Q2}
+
+    def _set_dims(self) -> None:
+        self.m, self.n = self.Q1.shape[0], self.Q2.shape[0]
+
+    def _check(self, x: Tensor, name: str) -> Tensor:
+        if x.dim() != 2 or tuple(x.shape) != (self.m, self.n):
+            raise ValueError(f"Kron({self.m}, {self.n}): {name} must be a matrix of shape "
+                             f"({self.m}, {self.n}), got {tuple(x.shape)}")
+        return x.to(self.Q1.dtype)
+
+    @property
+    def P1(self) -> Tensor:
+        return self.Q1.T @ self.Q1
+
+    @property
+    def P2(self) -> Tensor:
+        return self.Q2.T @ self.Q2
+
+    def precondition(self, g: Tensor) -> Tensor:
+        """``P1 @ G @ P2`` for G of shape (m, n)."""
+        g = self._check(g, "g")
+        return self.Q1.T @ (self.Q1 @ g @ self.Q2.T) @ self.Q2
+
+    def _ab(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        # a = Q1 H Q2^T,  b = Q1^{-T} V Q2^{-1}
+        a = self.Q1 @ h @ self.Q2.T
+        b = torch.linalg.solve_triangular(self.Q1.T, v, upper=False)
+        b = torch.linalg.solve_triangular(self.Q2, b, upper=True, left=False)
+        return a, b
+
+    def criterion(self, v: Tensor, h: Tensor) -> Tensor:
+        """``tr(H^T P1 H P2) + tr(V^T P1^{-1} V P2^{-1})``: criterion (3) with P of eq. (5)."""
+        v, h = self._check(v, "v"), self._check(h, "h")
+        a, b = self._ab(v, h)
+        return (a * a).sum() + (b * b).sum()
+
+    def update(self, v: Tensor, h: Tensor, lr: float = 0.01) -> None:
+        """One normalized relative-gradient step on (3) for both factors; v, h: (m, n)."""
+        _check_lr(lr)
+        v, h = self._check(v, "v"), self._check(h, "h")
+        Q1, Q2 = self.Q1, self.Q2
+        a, b = self._ab(v, h)
+        grad1 = torch.triu(a @ a.T - b @ b.T)
+        grad2 = torch.triu(a.T @ a - b.T @ b)
+        g1max, g2max = grad1.abs().max(), grad2.abs().max()
+        Q1n = Q1 - (lr / (g1max + _TINY)) * (grad1 @ Q1)
+        Q2n = Q2 - (lr / (g2max + _TINY)) * (grad2 @ Q2)
+        # rebalance the scale between the two factors (P is unchanged)
+        r = torch.sqrt(Q1n.diagonal().abs().max() / Q2n.diagonal().abs().max())
+        Q1n, Q2n = Q1n / r, Q2n * r
+        ok = (torch.isfinite(g1max) & torch.isfinite(g2max)
+              & torch.isfinite(Q1n).all() & torch.isfinite(Q2n).all())
+        self._accept(ok, (Q1, Q1n), (Q2, Q2n))
+        self.num_updates += 1
+
+
+class Diag(Preconditioner):
+    """Diagonal preconditioner ``P = diag(q)^2`` for a vector of length n.
+
+    Criterion (3) separates per coordinate; the fixed point is
+    ``p_i = sqrt(E[v_i^2] / E[h_i^2])``.
+    """
+
+    def __init__(self, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if int(n) < 1:
+            raise ValueError(f"Diag(n) needs n >= 1, got {n}")
+        _check_init_scale(init_scale)
+        super().__init__(dtype, device)
+        self.n = int(n)
+        self.q = torch.full((self.n,), math.sqrt(init_scale), dtype=self.dtype, device=self.device)
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"q": self.q}
+
+    def _set_dims(self) -> None:
+        self.n = self.q.shape[0]
+
+    def _check(self, x: Tensor, name: str) -> Tensor:
+        if x.dim() != 1 or x.shape[0] != self.n:
+            raise ValueError(f"Diag({self.n}): {name} must be a vector of shape ({self.n},), "
+                             f"got {tuple(x.shape)}")
+        return x.to(self.q.dtype)
+
+    @property
+    def P(self) -> Tensor:
+        return torch.diag(self.q * self.q)
+
+    def precondition(self, g: Tensor) -> Tensor:
+        g = self._check(g, "g")
+        return self.q * self.q * g
+
+    def criterion(self, v: Tensor, h: Tensor) -> Tensor:
+        v, h = self._check(v, "v"), self._check(h, "h")
+        a, b = self.q * h, v / self.q
+        return a @ a + b @ b
+
+    def update(self, v: Tensor, h: Tensor, lr: float = 0.01) -> None:
+        _check_lr(lr)
+        v, h = self._check(v, "v"), self._check(h, "h")
+        q = self.q
+        a, b = q * h, v / q
+        grad = a * a - b * b
+        gmax = grad.abs().max()
+        qn = q - (lr / (gmax + _TINY)) * grad * q
+        ok = torch.isfinite(gmax) & torch.isfinite(qn).all()
+        self._accept(ok, (q, qn))
+        self.num_updates += 1

@@ -1,0 +1,164 @@
+"""Criterion (3) and its minimizers: the preconditioners converge to the right P."""
+import math
+
+import pytest
+import torch
+
+from psgdlib.preconditioners import Dense, Diag, Kron
+
+F64 = torch.float64
+
+
+def spd(n, cond, gen, indefinite=False):
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
+    eig = torch.logspace(0, math.log10(cond), n, dtype=F64)
+    if indefinite:
+        eig = eig * torch.tensor([(-1) ** i for i in range(n)], dtype=F64)
+    return U @ torch.diag(eig) @ U.T, U, eig
+
+
+def test_dense_converges_to_inverse_hessian():
+    gen = torch.Generator().manual_seed(0)
+    H, _, _ = spd(8, 50.0, gen)
+    p = Dense(8, dtype=F64)
+    for _ in range(20_000):
+        v = torch.randn(8, generator=gen, dtype=F64)
+        p.update(v, H @ v, lr=0.01)
+    for _ in range(5):
+        x = torch.randn(8, generator=gen, dtype=F64)
+        assert (p.P @ H @ x - x).norm() / x.norm() < 0.05
+    # also in operator norm, and the triangular factor keeps a positive diagonal
+    assert torch.linalg.matrix_norm(p.P @ H - torch.eye(8, dtype=F64), 2) < 0.1
+    assert (p.Q.diagonal() > 0).all() and torch.equal(p.Q, torch.triu(p.Q))
+    assert p.num_skipped == 0 and p.num_updates == 20_000
+
+
+def test_dense_untrained_is_far_from_inverse_hessian():
+    """The convergence test above can fail: identity is nowhere near H^-1."""
+    gen = torch.Generator().manual_seed(0)
+    H, _, _ = spd(8, 50.0, gen)
+    p = Dense(8, dtype=F64)
+    x = torch.randn(8, generator=gen, dtype=F64)
+    assert (p.P @ H @ x - x).norm() / x.norm() > 1.0
+
+
+def test_dense_indefinite_hessian_gives_abs_inverse():
+    """Sec. II.A: for indefinite H, the positive definite solution is |H|^-1."""
+    gen = torch.Generator().manual_seed(1)
+    H, U, eig = spd(6, 10.0, gen, indefinite=True)
+    absHinv = U @ torch.diag(1 / eig.abs()) @ U.T
+    p = Dense(6, dtype=F64)
+    for _ in range(20_000):
+        v = torch.randn(6, generator=gen, dtype=F64)
+        p.update(v, H @ v, lr=0.01)
+    rel = torch.linalg.matrix_norm(p.P - absHinv) / torch.linalg.matrix_norm(absHinv)
+    assert rel < 0.06
+    # and P is not H^-1 (which is not positive definite)
+    assert torch.linalg.matrix_norm(p.P - torch.linalg.inv(H)) / torch.linalg.matrix_norm(absHinv) > 0.5
+    assert torch.linalg.eigvalsh(p.P).min() > 0
+
+
+def test_kron_fits_both_factors():
+    """Pairs H = A V B: the Kron preconditioner gives P1 A X B P2 = X."""
+    gen = torch.Generator().manual_seed(2)
+    A, _, _ = spd(5, 10.0, gen)
+    B, _, _ = spd(4, 10.0, gen)
+    p = Kron(5, 4, dtype=F64)
+    for _ in range(20_000):
+        V = torch.randn(5, 4, generator=gen, dtype=F64)
+        p.update(V, A @ V @ B, lr=0.01)
+    for _ in range(3):
+        X = torch.randn(5, 4, generator=gen, dtype=F64)
+        assert (p.P1 @ A @ X @ B @ p.P2 - X).norm() / X.norm() < 0.05
+    assert (p.Q1.diagonal() > 0).all() and (p.Q2.diagonal() > 0).all()
+
+
+def test_kron_is_eq5_kronecker_product():
+    """precondition and criterion equal those of the dense P = P2 (x) P1 on vec(G)."""
+    gen = torch.Generator().manual_seed(3)
+    p = Kron(3, 4, dtype=F64)
+    p.Q1 = torch.triu(torch.randn(3, 3, generator=gen, dtype=F64)) + 3 * torch.eye(3, dtype=F64)
+    p.Q2 = torch.triu(torch.randn(4, 4, generator=gen, dtype=F64)) + 3 * torch.eye(4, dtype=F64)
+    P = torch.kron(p.P2, p.P1)
+    vec = lambda M: M.T.reshape(-1)  # column-major vec
+    G, V, Hm = (torch.randn(3, 4, generator=gen, dtype=F64) for _ in range(3))
+    torch.testing.assert_close(vec(p.precondition(G)), P @ vec(G))
+    dense = vec(Hm) @ P @ vec(Hm) + vec(V) @ torch.linalg.solve(P, vec(V))
+    torch.testing.assert_close(p.criterion(V, Hm), dense)
+
+
+def test_dense_criterion_value_and_minimum():
+    gen = torch.Generator().manual_seed(4)
+    p = Dense(5, dtype=F64)
+    p.Q = torch.triu(torch.randn(5, 5, generator=gen, dtype=F64)) + 3 * torch.eye(5, dtype=F64)
+    v, h = torch.randn(5, generator=gen, dtype=F64), torch.randn(5, generator=gen, dtype=F64)
+    P = p.P
+    torch.testing.assert_close(p.criterion(v, h), h @ P @ h + v @ torch.linalg.solve(P, v))
+
+
+def test_diag_converges_to_ratio_of_scales():
+    gen = torch.Generator().manual_seed(5)
+    d = torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0], dtype=F64)
+    p = Diag(5, dtype=F64)
+    for _ in range(10_000):
+        v = torch.randn(5, generator=gen, dtype=F64)
+        p.update(v, d * v, lr=0.01)
+    rel = (p.P.diagonal() * d - 1).abs().max()
+    assert rel < 0.1
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: Dense(4), (4,)), (lambda: Kron(3, 2), (3, 2)),
+                                        (lambda: Diag(4), (4,))])
+def test_nonfinite_pairs_are_skipped_and_counted(make, shape):
+    p = make()
+    before = {k: v.clone() for k, v in p.state_dict().items() if torch.is_tensor(v)}
+    v = torch.ones(shape)
+    for bad in (float("nan"), float("inf")):
+        h = torch.ones(shape)
+        h.view(-1)[0] = bad
+        p.update(v, h)
+        p.update(h, v)
+    assert p.num_skipped == 4
+    for k, t in p.state_dict().items():
+        if k not in ("skipped",) and torch.is_tensor(t):
+            assert torch.equal(t, before[k]), k
+    p.update(v, 2 * v)  # a finite pair still moves Q
+    assert p.num_skipped == 4
+    assert any(not torch.equal(t, before[k]) for k, t in p.state_dict().items()
+               if torch.is_tensor(t) and k != "skipped")
+
+
+def test_shape_and_argument_errors():
+    with pytest.raises(ValueError, match="shape"):
+        Dense(4).update(torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match="shape"):
+        Kron(3, 2).precondition(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="shape"):
+        Diag(3).criterion(torch.ones(3), torch.ones(4))
+    with pytest.raises(ValueError, match="0 < lr < 1"):
+        Dense(2).update(torch.ones(2), torch.ones(2), lr=1.5)
+    with pytest.raises(ValueError, match="0 < lr < 1"):
+        Kron(2, 2).update(torch.ones(2, 2), torch.ones(2, 2), lr=0.0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        Dense(0)
+    with pytest.raises(ValueError, match="init_scale"):
+        Diag(3, init_scale=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_follows(dtype):
+    p = Kron(3, 2, dtype=dtype)
+    p.update(torch.randn(3, 2, dtype=dtype), torch.randn(3, 2, dtype=dtype))
+    assert p.Q1.dtype == dtype and p.precondition(torch.randn(3, 2, dtype=dtype)).dtype == dtype
+
+
+def test_state_dict_round_trip():
+    gen = torch.Generator().manual_seed(6)
+    p = Kron(3, 2, dtype=F64)
+    for _ in range(10):
+        p.update(torch.randn(3, 2, generator=gen, dtype=F64), torch.randn(3, 2, generator=gen, dtype=F64))
+    q = Kron(3, 2, dtype=F64)
+    q.load_state_dict({k: (v.clone() if torch.is_tensor(v) else v) for k, v in p.state_dict().items()})
+    assert torch.equal(q.Q1, p.Q1) and torch.equal(q.Q2, p.Q2) and q.num_updates == 10
+    with pytest.raises(ValueError, match="shape"):
+        Kron(2, 2).load_state_dict(p.state_dict())
