@@ -1,0 +1,273 @@
+"""Resumable experiment runner for Experiment 2 (Tables I and II) and friends.
+
+    python -m psgdlib.experiments run --profile cpu --out results/table1
+    python -m psgdlib.experiments summarize --out results/table1
+
+``run`` trains a grid of (problem, T, optimizer, seed); each finished run is one
+JSON file (config, outcome, curve, wall time, provenance), written atomically.
+A rerun skips finished runs; a run killed mid-way left no file and is redone.
+``summarize`` builds Table I (failures/total) and Table II (longest T without a
+failure) from the files, next to the paper's numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from . import tasks as _tasks
+from .utils import PROFILES, atomic_write_json, get_profile, provenance
+
+__all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid",
+           "load_results", "table1", "table2", "main"]
+
+PAPER_BUDGET = 100_000
+
+#: The grids of each profile: smoke (CI, seconds), cpu (default, minutes), paper (GPU hours).
+PROFILE_GRIDS: dict[str, dict[str, Any]] = {
+    "smoke": dict(problems=("addition", "temporal_order_2bit"), Ts=(10,), optimizers=("psgd_kron",),
+                  seeds=(0,), hidden=20, iterations=200, eval_every=50, n_test=1000),
+    "cpu": dict(problems=("addition", "temporal_order_2bit"), Ts=(30,), optimizers=("psgd_kron",),
+                seeds=(0, 1), hidden=100, iterations=20_000, eval_every=100, n_test=10_000),
+    "paper": dict(problems=_tasks.NAMES, Ts=(30, 50, 100, 200), optimizers=("psgd_kron",),
+                  seeds=(0, 1, 2, 3, 4), hidden=100, iterations=PAPER_BUDGET, eval_every=100,
+                  n_test=10_000),
+}
+
+_P = ("addition", "multiplication", "xor", "temporal_order_2bit", "temporal_order_3bit",
+      "random_permutation", "memorization_5bit", "memorization_20bit")
+#: The paper's Table I (failed runs / total runs, PSGD with the Kronecker preconditioner).
+PAPER_TABLE1: dict[str, dict[int, str]] = dict(zip(_P, (
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "2/5"},
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "0/5"},
+    {30: "0/5", 50: "0/5", 100: "3/5", 200: "1/1"},
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "3/4"},
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "2/3"},
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "0/5"},
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "0/5"},
+    {30: "0/5", 50: "0/5", 100: "0/5", 200: "0/5"},
+)))
+#: The paper's Table II: longest T without a failure (HF Tikhonov, HF structural, PSGD).
+PAPER_TABLE2: dict[str, tuple[str, str, str]] = dict(zip(_P, (
+    ("100", "100", "100"), ("100", "100", "200"), ("30", "50", "50"), ("50", "50", "100"),
+    ("100", "100", "100"), ("200", "100", "200"), ("<30", "200", "200"), ("30", "100", "200"),
+)))
+
+
+def run_name(cfg: dict) -> str:
+    """File name of a run: everything that distinguishes runs of one grid."""
+    return (f"{cfg['problem']}_T{cfg['T']}_{cfg['optimizer']}_{cfg['pairs']}_h{cfg['hidden']}"
+            f"_n{cfg['iterations']}_s{cfg['seed']}.json")
+
+
+def grid(problems: Iterable[str], Ts: Iterable[int], optimizers: Iterable[str], seeds: Iterable[int],
+         **common: Any) -> list[dict]:
+    """All run configs of a grid (validated: unknown problems/optimizers or bad T raise)."""
+    from .train import TrainConfig
+    out = []
+    for p, T, o, s in itertools.product(problems, Ts, optimizers, seeds):
+        cfg = TrainConfig(problem=p, T=int(T), optimizer=o, seed=int(s), **common)
+        cfg.resolved()  # raises ValueError on nonsense
+        out.append(asdict(cfg))
+    return out
+
+
+def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
+             max_seconds: float | None = None, threads: int | None = 1, progress: bool = False) -> Path:
+    """Train one run unless its file exists; write the result atomically; return the path."""
+    import torch
+
+    from .train import NonFiniteLossError, TrainConfig, train
+    path = Path(out_dir) / run_name(cfg)
+    if path.exists():
+        return path
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = TrainConfig(**cfg)
+    try:
+        result = train(config, device=device, progress=progress, max_seconds=max_seconds)
+    except NonFiniteLossError as e:
+        result = {"config": asdict(config.resolved()), "solved": False, "iterations_to_solve": None,
+                  "iterations_to_0.1pct": None, "iterations_run": None, "stopped": "non_finite",
+                  "error": str(e), "final_test_error": None, "wall_time": None, "curve": None}
+    result["provenance"] = provenance(device, command=" ".join(["python -m psgdlib.experiments"]
+                                                               + sys.argv[1:]))
+    atomic_write_json(path, result)
+    return path
+
+
+def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1, device: str | None = None,
+             max_seconds: float | None = None, progress: bool = True) -> list[Path]:
+    """Run every config not already done; ``jobs`` processes with one torch thread each."""
+    out_dir = Path(out_dir)
+    todo = [c for c in configs if not (out_dir / run_name(c)).exists()]
+    done = [out_dir / run_name(c) for c in configs if c not in todo]
+    if progress:
+        print(f"{len(configs)} runs in the grid, {len(done)} already done, {len(todo)} to run", flush=True)
+    if jobs <= 1 or len(todo) <= 1:
+        threads = None if jobs <= 1 else 1
+        for c in todo:
+            done.append(run_file(c, out_dir, device, max_seconds, threads=threads, progress=progress))
+            if progress:
+                print("finished", done[-1].name, flush=True)
+        return done
+    import multiprocessing as mp
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = [ex.submit(run_file, c, out_dir, device, max_seconds, 1, False) for c in todo]
+        for f in as_completed(futs):
+            done.append(f.result())
+            if progress:
+                print("finished", done[-1].name, flush=True)
+    return done
+
+
+# ----------------------------------------------------------------------- summaries
+def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
+    """All result files under ``dirs`` as a pandas DataFrame, one row per run."""
+    import pandas as pd
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    rows = []
+    for d in dirs:
+        for f in sorted(Path(d).rglob("*.json")):
+            r = json.loads(f.read_text())
+            if "config" not in r or "solved" not in r:
+                continue
+            c = r["config"]
+            rows.append(dict(file=str(f), problem=c["problem"], T=c["T"], optimizer=c["optimizer"],
+                             pairs=c["pairs"], seed=c["seed"], hidden=c["hidden"], budget=c["iterations"],
+                             solved=bool(r["solved"]), iterations_to_solve=r["iterations_to_solve"],
+                             iterations_run=r["iterations_run"], stopped=r["stopped"],
+                             final_test_error=r["final_test_error"], wall_time=r["wall_time"],
+                             hardware=r.get("provenance", {}).get("hardware"),
+                             commit=r.get("provenance", {}).get("git_commit")))
+    cols = ["file", "problem", "T", "optimizer", "pairs", "seed", "hidden", "budget", "solved",
+            "iterations_to_solve", "iterations_run", "stopped", "final_test_error", "wall_time",
+            "hardware", "commit"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _cell(g) -> str:
+    failed, total = int((~g["solved"]).sum()), len(g)
+    budget = int(g["budget"].min())
+    cell = f"{failed}/{total}"
+    if budget < PAPER_BUDGET:
+        cell += f" (budget {budget:,})"
+    return cell
+
+
+def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True):
+    """Table I: failed/total runs per problem and T for ``optimizer``.
+
+    A run that was not solved within a budget below the paper's 10^5 iterations is
+    counted as failed *within that budget*: the cell then says ``(budget N)``.
+    """
+    import pandas as pd
+    d = df[df["optimizer"] == optimizer]
+    order = [p for p in _P if p in set(d["problem"])] + sorted(set(d["problem"]) - set(_P))
+    Ts = sorted(set(d["T"]))
+    table = pd.DataFrame(index=order, columns=[f"T={T}" for T in Ts], dtype=object)
+    for (p, T), g in d.groupby(["problem", "T"]):
+        table.loc[p, f"T={T}"] = _cell(g)
+    table = table.fillna("-")
+    if with_paper:
+        for T in Ts:
+            table[f"paper T={T}"] = [PAPER_TABLE1.get(p, {}).get(T, "-") for p in table.index]
+    table.index.name = "problem"
+    return table
+
+
+def longest_T_without_failure(d) -> str:
+    """Largest tested T such that every run at that T and at every shorter tested T solved."""
+    best = None
+    for T, g in sorted(d.groupby("T"), key=lambda x: x[0]):
+        if not g["solved"].all():
+            break
+        best = T
+    if best is None:
+        return f"<{int(d['T'].min())}" if len(d) else "-"
+    return str(best)
+
+
+def table2(df, optimizer: str = "psgd_kron", with_paper: bool = True):
+    """Table II: longest T without a failure, this repository's runs next to the paper's."""
+    import pandas as pd
+    d = df[df["optimizer"] == optimizer]
+    rows = []
+    for p in [p for p in _P if p in set(d["problem"])]:
+        g = d[d["problem"] == p]
+        row = {"problem": p, "this repo": longest_T_without_failure(g),
+               "T tested": ", ".join(str(t) for t in sorted(set(g["T"]))),
+               "budget": f"{int(g['budget'].min()):,}"}
+        if with_paper:
+            row.update(zip(("HF Tikhonov", "HF structural", "PSGD (paper)"), PAPER_TABLE2[p]))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("problem") if rows else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------- CLI
+def _ints(s: str) -> list[int]:
+    out: list[int] = []
+    for part in s.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m psgdlib.experiments", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a grid (skips finished runs)")
+    r.add_argument("--profile", choices=PROFILES, default=None, help="default: $PSGD_PROFILE or cpu")
+    r.add_argument("--problems", help="comma-separated problem names (default: the profile's)")
+    r.add_argument("--T", help="comma-separated lengths")
+    r.add_argument("--optimizers", help=f"comma-separated, from {', '.join(__import__('psgdlib.train', fromlist=['OPTIMIZERS']).OPTIMIZERS)}")
+    r.add_argument("--seeds", help="e.g. 0-4 or 0,2")
+    r.add_argument("--iterations", type=int, help="iteration budget per run")
+    r.add_argument("--hidden", type=int)
+    r.add_argument("--pairs", default="hvp", choices=("hvp", "finite_difference", "whitening"))
+    r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    r.add_argument("--out", required=True, help="folder of result files")
+    r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
+    r.add_argument("--device", default=None)
+    r.add_argument("--max-seconds", type=float, default=None, help="training-time limit per run")
+    s = sub.add_parser("summarize", help="Table I and Table II from result files")
+    s.add_argument("--out", required=True, nargs="+", help="folder(s) of result files")
+    s.add_argument("--optimizer", default="psgd_kron")
+    a = ap.parse_args(argv)
+
+    if a.cmd == "run":
+        prof = PROFILE_GRIDS[a.profile or get_profile()]
+        problems = a.problems.split(",") if a.problems else prof["problems"]
+        for p in problems:
+            _tasks.get(p, 1000)  # unknown names fail here with the list of valid ones
+        configs = grid(problems, _ints(a.T) if a.T else prof["Ts"],
+                       a.optimizers.split(",") if a.optimizers else prof["optimizers"],
+                       _ints(a.seeds) if a.seeds else prof["seeds"],
+                       hidden=a.hidden or prof["hidden"], iterations=a.iterations or prof["iterations"],
+                       eval_every=prof["eval_every"], n_test=prof["n_test"], pairs=a.pairs, dtype=a.dtype)
+        run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds)
+        return 0
+    df = load_results(a.out)
+    if df.empty:
+        print("no result files found under", ", ".join(a.out))
+        return 1
+    import pandas as pd
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print("Table I: failed / total runs\n", table1(df, a.optimizer), "\n", sep="")
+        print("Table II: longest T without a failure\n", table2(df, a.optimizer), sep="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""One training loop for every optimizer on the synthetic problems (Experiments 1 and 2).
+
+Fresh minibatch every iteration, test-set evaluation every ``eval_every``
+iterations, stop when solved (< 1% of the test set wrong); the first
+iteration with < 0.1% wrong is recorded too (spec, "Common conventions").
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import tasks as _tasks
+from .models import RNN
+from .optim import PSGD
+from .utils import configure_cpu, pick_device
+
+__all__ = ["OPTIMIZERS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer", "train",
+           "SOLVED", "SOLVED_STRICT"]
+
+OPTIMIZERS = ("psgd_kron", "psgd_dense", "psgd_diag", "sgd", "adam")
+SOLVED = 0.01          # solved: fewer than 1% of the test sequences wrong
+SOLVED_STRICT = 0.001  # also recorded: the first evaluation below 0.1%
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one run (stored verbatim in result files)."""
+    problem: str
+    T: int
+    optimizer: str = "psgd_kron"
+    seed: int = 0
+    hidden: int = 100
+    iterations: int = 100_000          # the budget (paper: 10^5)
+    batch_size: int | None = None      # None: the task's default (100; 32 for 5-bit memorization)
+    lr: float | None = None            # None: 0.01 (paper) for PSGD and SGD, 0.001 for Adam
+    precond_lr: float = 0.01
+    pairs: str = "hvp"
+    clip: float | None = None          # None: 1.0 for SGD (paper), off for PSGD and Adam
+    eval_every: int = 100
+    n_test: int = 10_000
+    dtype: str = "float32"
+    init_std: float = 0.1
+    zero_sum_outputs: bool | None = None  # None: on for 5-bit memorization only (paper)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every ``None`` default filled in."""
+        c = TrainConfig(**asdict(self))
+        task = _tasks.get(c.problem, c.T)
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
+        if c.iterations < 1 or c.eval_every < 1 or c.hidden < 1 or c.n_test < 1:
+            raise ValueError("iterations, eval_every, hidden and n_test must be >= 1")
+        if c.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {c.dtype!r}")
+        c.batch_size = c.batch_size or task.default_batch_size
+        if c.lr is None:
+            c.lr = 0.001 if c.optimizer == "adam" else 0.01
+        if c.clip is None and c.optimizer == "sgd":
+            c.clip = 1.0
+        if c.zero_sum_outputs is None:
+            c.zero_sum_outputs = c.problem == "memorization_5bit"
+        return c
+
+
+def build_model(task: _tasks.Task, hidden: int, seed: int, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None, init_std: float = 0.1,
+                zero_sum_outputs: bool = False) -> RNN:
+    """The RNN of eq. (1) for ``task``; the initial weights depend on ``seed`` only."""
+    gen = torch.Generator().manual_seed(seed)
+    return RNN(task.input_dim, hidden, task.output_dim, init_std=init_std,
+               zero_sum_outputs=zero_sum_outputs, dtype=dtype, generator=gen).to(device)
+
+
+def make_optimizer(name: str, params, lr: float, precond_lr: float = 0.01, pairs: str = "hvp",
+                   clip: float | None = None, seed: int = 0) -> torch.optim.Optimizer:
+    """``psgd_kron``/``psgd_dense``/``psgd_diag`` (update (4)), ``sgd`` or ``adam`` (torch.optim)."""
+    if name.startswith("psgd_"):
+        return PSGD(params, lr=lr, precond_lr=precond_lr, preconditioner=name[5:], pairs=pairs,
+                    clip_norm=clip, seed=seed)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+@dataclass
+class History:
+    iteration: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)   # mean over the last eval_every iterations
+    test_error: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    wall_time: list[float] = field(default_factory=list)    # seconds since the start, evaluations excluded
+
+
+def _evaluate(task: _tasks.Task, model: RNN, n_test: int, device, dtype) -> tuple[float, float]:
+    """Test error and loss.  Screens on the first chunk (1000 sequences): when that chunk
+    alone already has >= 5% wrong, the run cannot be solved and the chunk's numbers are
+    returned; otherwise the full test set is evaluated (the solved decision is always made
+    on the full set)."""
+    model.eval()
+    with torch.no_grad():
+        chunk = min(1000, n_test)
+        batches = task.test_batches(n=n_test, chunk=chunk, device=device, dtype=dtype)
+        first = batches[0]
+        out = model(first.inputs)
+        wrong = int(task.wrong(out, first).sum())
+        loss = float(task.loss(out, first)) * first.batch_size
+        total = first.batch_size
+        if wrong / total < 0.05:
+            for b in batches[1:]:
+                out = model(b.inputs)
+                wrong += int(task.wrong(out, b).sum())
+                loss += float(task.loss(out, b)) * b.batch_size
+                total += b.batch_size
+    model.train()
+    return wrong / total, loss / total
+
+
+def train(config: TrainConfig, device: torch.device | str | None = None, progress: bool = True,
+          max_seconds: float | None = None, model: RNN | None = None) -> dict[str, Any]:
+    """Train one run; returns a JSON-ready dict (config, outcome, curve, wall time).
+
+    Stops when solved, at the iteration budget, or after ``max_seconds`` of training
+    (then ``stopped`` says so and the effective budget is ``iterations_run``).
+    Raises :class:`NonFiniteLossError` when the loss becomes NaN/inf.
+    """
+    c = config.resolved()
+    device = pick_device(device)
+    if device.type == "cpu":
+        configure_cpu()
+    dtype = getattr(torch, c.dtype)
+    task = _tasks.get(c.problem, c.T)
+    if model is None:
+        model = build_model(task, c.hidden, c.seed, dtype, device, c.init_std, c.zero_sum_outputs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(c.optimizer, params, c.lr, c.precond_lr, c.pairs,
+                         c.clip if c.optimizer.startswith("psgd") else None, seed=c.seed)
+    is_psgd = isinstance(opt, PSGD)
+    data_gen = torch.Generator().manual_seed(1_000_003 * (c.seed + 1))
+    hist = History()
+    solved_at = strict_at = None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_count = 0
+    train_time = 0.0
+    stopped = "budget"
+    bar = tqdm(total=c.iterations, disable=not progress, leave=False,
+               desc=f"{c.problem} T={c.T} {c.optimizer} s{c.seed}")
+    it = 0
+    while it < c.iterations:
+        t0 = time.perf_counter()
+        batch = task.sample(c.batch_size, generator=data_gen, device=device, dtype=dtype)
+
+        def closure():
+            return task.loss(model(batch.inputs), batch)
+
+        if is_psgd:
+            loss = opt.step(closure)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = closure()
+            loss.backward()
+            if c.clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, c.clip)
+            opt.step()
+        loss_sum += loss.detach()
+        loss_count += 1
+        it += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - t0
+        bar.update(1)
+        if it % c.eval_every == 0 or it == c.iterations:
+            mean_loss = float(loss_sum) / loss_count
+            if not math.isfinite(mean_loss):
+                bar.close()
+                raise NonFiniteLossError(f"{c.problem} T={c.T} {c.optimizer} seed {c.seed}: the training "
+                                         f"loss became non-finite before iteration {it}")
+            err, tl = _evaluate(task, model, c.n_test, device, dtype)
+            hist.iteration.append(it)
+            hist.train_loss.append(mean_loss)
+            hist.test_error.append(err)
+            hist.test_loss.append(tl)
+            hist.wall_time.append(train_time)
+            loss_sum.zero_()
+            loss_count = 0
+            bar.set_postfix(loss=f"{mean_loss:.3g}", err=f"{err:.3f}")
+            if err < SOLVED_STRICT and strict_at is None:
+                strict_at = it
+            if err < SOLVED and solved_at is None:
+                solved_at = it
+                stopped = "solved"
+                break
+            if max_seconds is not None and train_time > max_seconds:
+                stopped = "time_limit"
+                break
+    bar.close()
+    return {
+        "config": asdict(c),
+        "solved": solved_at is not None,
+        "iterations_to_solve": solved_at,
+        "iterations_to_0.1pct": strict_at,
+        "iterations_run": it,
+        "stopped": stopped,
+        "final_test_error": hist.test_error[-1] if hist.test_error else None,
+        "wall_time": train_time,
+        "seconds_per_iteration": train_time / max(it, 1),
+        "curve": asdict(hist),
+    }

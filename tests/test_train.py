@@ -1,0 +1,126 @@
+"""Training loop and runner: the integration claims of Experiment 2, resume, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from psgdlib import experiments as ex
+from psgdlib.train import NonFiniteLossError, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        TrainConfig("addition", 30, optimizer="lbfgs").resolved()
+    with pytest.raises(ValueError, match="unknown problem|Unknown problem|valid"):
+        TrainConfig("subtraction", 30).resolved()
+    with pytest.raises(ValueError, match="T"):
+        TrainConfig("addition", 3).resolved()
+    c = TrainConfig("memorization_5bit", 30, optimizer="sgd").resolved()
+    assert (c.batch_size, c.lr, c.clip, c.zero_sum_outputs) == (32, 0.01, 1.0, True)
+    c = TrainConfig("addition", 30, optimizer="adam").resolved()
+    assert (c.batch_size, c.lr, c.clip, c.zero_sum_outputs) == (100, 0.001, None, False)
+
+
+def test_same_initial_guess_for_every_optimizer():
+    from psgdlib import tasks
+    from psgdlib.train import build_model
+    t = tasks.get("addition", 30)
+    a, b = build_model(t, 10, seed=3), build_model(t, 10, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    c = build_model(t, 10, seed=4)
+    assert not torch.equal(a.W1, c.W1)
+
+
+def test_train_records_history_and_stops_when_solved():
+    r = train(TrainConfig("temporal_order_2bit", 10, hidden=20, iterations=3000, eval_every=50,
+                          n_test=2000), progress=False)
+    assert r["solved"] and r["stopped"] == "solved"
+    assert r["iterations_to_solve"] == r["curve"]["iteration"][-1] == r["iterations_run"]
+    assert r["final_test_error"] < 0.01 <= max(r["curve"]["test_error"][:-1] + [0.01])
+    assert len(r["curve"]["train_loss"]) == len(r["curve"]["test_error"])
+    json.dumps(r)  # JSON-ready
+
+
+def test_nonfinite_loss_raises_clear_error():
+    cfg = TrainConfig("addition", 10, optimizer="sgd", lr=1e6, clip=float("inf"), hidden=10,
+                      iterations=200, eval_every=20, n_test=100)
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        train(cfg, progress=False)
+
+
+def test_run_file_records_divergence_as_failure(tmp_path):
+    cfg = ex.grid(["addition"], [10], ["sgd"], [0], lr=1e6, clip=float("inf"), hidden=10,
+                  iterations=200, eval_every=20, n_test=100)[0]
+    path = ex.run_file(cfg, tmp_path)
+    r = json.loads(path.read_text())
+    assert r["solved"] is False and r["stopped"] == "non_finite" and "provenance" in r
+
+
+def test_grid_rejects_nonsense():
+    with pytest.raises(ValueError):
+        ex.grid(["nope"], [30], ["psgd_kron"], [0])
+    with pytest.raises(ValueError):
+        ex.grid(["addition"], [30], ["psgd_full"], [0])
+
+
+def _fake_result(problem, T, seed, solved, budget=100_000, optimizer="psgd_kron"):
+    cfg = TrainConfig(problem, T, optimizer=optimizer, seed=seed, iterations=budget).resolved()
+    from dataclasses import asdict
+    return {"config": asdict(cfg), "solved": solved, "iterations_to_solve": 500 if solved else None,
+            "iterations_run": 500 if solved else budget, "stopped": "solved" if solved else "budget",
+            "final_test_error": 0.005 if solved else 0.4, "wall_time": 1.0,
+            "provenance": {"hardware": "test", "git_commit": "x"}}
+
+
+def test_tables_are_computed_from_the_files(tmp_path):
+    spec = {("addition", 30): [True] * 5, ("addition", 50): [True, False, True, True, True],
+            ("xor", 30): [False, True, True, True, True], ("xor", 50): [True] * 5}
+    for (p, T), outcomes in spec.items():
+        for s, ok in enumerate(outcomes):
+            (tmp_path / f"{p}_{T}_{s}.json").write_text(json.dumps(_fake_result(p, T, s, ok)))
+    (tmp_path / "sgd.json").write_text(json.dumps(_fake_result("addition", 30, 0, False, 20_000, "sgd")))
+    df = ex.load_results(tmp_path)
+    assert len(df) == 21
+    t1 = ex.table1(df)
+    assert t1.loc["addition", "T=30"] == "0/5" and t1.loc["addition", "T=50"] == "1/5"
+    assert t1.loc["xor", "T=30"] == "1/5" and t1.loc["addition", "paper T=30"] == "0/5"
+    t1s = ex.table1(df, optimizer="sgd")
+    assert t1s.loc["addition", "T=30"] == "1/1 (budget 20,000)"
+    t2 = ex.table2(df)
+    assert t2.loc["addition", "this repo"] == "30" and t2.loc["xor", "this repo"] == "<30"
+    assert t2.loc["xor", "PSGD (paper)"] == "50"
+
+
+def test_runner_resumes_after_being_killed(tmp_path):
+    """Kill the runner mid-grid: finished files stay untouched, the rest is redone."""
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "psgdlib.experiments", "run", "--profile", "smoke", "--problems",
+           "addition", "--T", "10", "--seeds", "0-2", "--iterations", "400", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.json")):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    first = sorted(out.glob("*.json"))
+    assert 1 <= len(first) < 3, "the kill should land mid-grid"
+    stamps = {f.name: f.stat().st_mtime_ns for f in first}
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 3
+    for f in files:
+        json.loads(f.read_text())  # complete files only
+        if f.name in stamps:
+            assert f.stat().st_mtime_ns == stamps[f.name]  # not redone
+    assert not list(out.glob(".*tmp"))  # no temp file left behind by the atomic writes
+    again = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    assert "3 already done, 0 to run" in again
