@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seeds", help="e.g. 0-4 or 0,2")
     r.add_argument("--iterations", type=int, help="iteration budget per run")
     r.add_argument("--hidden", type=int)
-    r.add_argument("--pairs", default="hvp", choices=("hvp", "finite_difference", "whitening"))
+    r.add_argument("--pairs", default="finite_difference", choices=("hvp", "finite_difference", "whitening"))
     r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     r.add_argument("--out", required=True, help="folder of result files")
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
