@@ -62,8 +62,9 @@ PAPER_TABLE2: dict[str, tuple[str, str, str]] = dict(zip(_P, (
 
 def run_name(cfg: dict) -> str:
     """File name of a run: everything that distinguishes runs of one grid."""
+    tail = "" if cfg.get("stop_when_solved", True) else "_full"
     return (f"{cfg['problem']}_T{cfg['T']}_{cfg['optimizer']}_{cfg['pairs']}_h{cfg['hidden']}"
-            f"_n{cfg['iterations']}_s{cfg['seed']}.json")
+            f"_n{cfg['iterations']}{tail}_s{cfg['seed']}.json")
 
 
 def grid(problems: Iterable[str], Ts: Iterable[int], optimizers: Iterable[str], seeds: Iterable[int],
@@ -240,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="folder of result files")
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
     r.add_argument("--device", default=None)
+    r.add_argument("--lr", type=float, help="step size (default: 0.01 PSGD/SGD, 0.001 Adam)")
+    r.add_argument("--eval-every", type=int)
+    r.add_argument("--n-test", type=int)
+    r.add_argument("--no-stop", action="store_true",
+                   help="run the whole budget even after solving (learning curves)")
     r.add_argument("--max-seconds", type=float, default=None, help="training-time limit per run")
     s = sub.add_parser("summarize", help="Table I and Table II from result files")
     s.add_argument("--out", required=True, nargs="+", help="folder(s) of result files")
@@ -255,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        a.optimizers.split(",") if a.optimizers else prof["optimizers"],
                        _ints(a.seeds) if a.seeds else prof["seeds"],
                        hidden=a.hidden or prof["hidden"], iterations=a.iterations or prof["iterations"],
-                       eval_every=prof["eval_every"], n_test=prof["n_test"], pairs=a.pairs, dtype=a.dtype)
+                       eval_every=a.eval_every or prof["eval_every"], n_test=a.n_test or prof["n_test"],
+                       lr=a.lr, pairs=a.pairs, dtype=a.dtype,
+                       stop_when_solved=not a.no_stop)
         run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds)
         return 0
     df = load_results(a.out)

@@ -50,6 +50,7 @@ class TrainConfig:
     dtype: str = "float32"
     init_std: float = 0.1
     zero_sum_outputs: bool | None = None  # None: on for 5-bit memorization only (paper)
+    stop_when_solved: bool = True      # False: run the whole budget (learning curves, Fig. 1)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in."""
@@ -198,7 +199,11 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
                 strict_at = it
             if err < SOLVED and solved_at is None:
                 solved_at = it
-                stopped = "solved"
+                if c.stop_when_solved:
+                    stopped = "solved"
+                    break
+            if not c.stop_when_solved and strict_at is not None:
+                stopped = "solved_0.1pct"
                 break
             if max_seconds is not None and train_time > max_seconds:
                 stopped = "time_limit"
