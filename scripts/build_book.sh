@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PSGD_PROFILE=${PSGD_PROFILE:-cpu} MPLBACKEND=Agg
+export PSGD_PROFILE=${PSGD_PROFILE:-cpu}
 jupyter-book clean --all .
 jupyter-book build -W -n --keep-going .

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PSGD_PROFILE=smoke MPLBACKEND=Agg
+export PSGD_PROFILE=smoke
 python3 -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks "$@"
