@@ -130,7 +130,14 @@ def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1,
 
 # ----------------------------------------------------------------------- summaries
 def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
-    """All result files under ``dirs`` as a pandas DataFrame, one row per run."""
+    """All result files under ``dirs`` as a pandas DataFrame, one row per run.
+
+    ``budget`` is the number of iterations a run was allowed: its configured
+    budget, or, for an unsolved run stopped by a time limit, the iterations it
+    actually ran.  When the same run (problem, T, optimizer, pairs, hidden, seed)
+    is stored more than once (e.g. rerun with a larger budget), only the copy with
+    the largest budget is kept.
+    """
     import pandas as pd
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
@@ -138,20 +145,30 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
     for d in dirs:
         for f in sorted(Path(d).rglob("*.json")):
             r = json.loads(f.read_text())
-            if "config" not in r or "solved" not in r:
+            if "config" not in r or "solved" not in r or "problem" not in r["config"]:
                 continue
             c = r["config"]
+            budget = c["iterations"]
+            if not r["solved"] and r.get("stopped") == "time_limit" and r.get("iterations_run"):
+                budget = int(r["iterations_run"])
+            prov = r.get("provenance", {})
             rows.append(dict(file=str(f), problem=c["problem"], T=c["T"], optimizer=c["optimizer"],
-                             pairs=c["pairs"], seed=c["seed"], hidden=c["hidden"], budget=c["iterations"],
+                             pairs=c["pairs"], seed=c["seed"], hidden=c["hidden"], lr=c.get("lr"),
+                             clip=c.get("clip"), budget=budget,
                              solved=bool(r["solved"]), iterations_to_solve=r["iterations_to_solve"],
                              iterations_run=r["iterations_run"], stopped=r["stopped"],
                              final_test_error=r["final_test_error"], wall_time=r["wall_time"],
-                             hardware=r.get("provenance", {}).get("hardware"),
-                             commit=r.get("provenance", {}).get("git_commit")))
-    cols = ["file", "problem", "T", "optimizer", "pairs", "seed", "hidden", "budget", "solved",
+                             hardware=prov.get("hardware"), commit=prov.get("git_commit"),
+                             date=prov.get("date")))
+    cols = ["file", "problem", "T", "optimizer", "pairs", "seed", "hidden", "lr", "clip", "budget", "solved",
             "iterations_to_solve", "iterations_run", "stopped", "final_test_error", "wall_time",
-            "hardware", "commit"]
-    return pd.DataFrame(rows, columns=cols)
+            "hardware", "commit", "date"]
+    df = pd.DataFrame(rows, columns=cols)
+    if len(df):
+        key = ["problem", "T", "optimizer", "pairs", "hidden", "seed"]
+        df = (df.sort_values("budget").drop_duplicates(key, keep="last")
+              .sort_values(key).reset_index(drop=True))
+    return df
 
 
 def _cell(g) -> str:
@@ -163,16 +180,22 @@ def _cell(g) -> str:
     return cell
 
 
-def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True):
+def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
+           problems: Sequence[str] | None = None, Ts: Sequence[int] | None = None):
     """Table I: failed/total runs per problem and T for ``optimizer``.
 
     A run that was not solved within a budget below the paper's 10^5 iterations is
     counted as failed *within that budget*: the cell then says ``(budget N)``.
+    ``problems``/``Ts`` fix the rows/columns (cells without runs show ``-``);
+    by default they are those present in ``df``.
     """
     import pandas as pd
     d = df[df["optimizer"] == optimizer]
-    order = [p for p in _P if p in set(d["problem"])] + sorted(set(d["problem"]) - set(_P))
-    Ts = sorted(set(d["T"]))
+    present = set(d["problem"])
+    order = list(problems) if problems is not None else (
+        [p for p in _P if p in present] + sorted(present - set(_P)))
+    Ts = sorted(Ts) if Ts is not None else sorted(set(d["T"]))
+    d = d[d["problem"].isin(order) & d["T"].isin(Ts)]
     table = pd.DataFrame(index=order, columns=[f"T={T}" for T in Ts], dtype=object)
     for (p, T), g in d.groupby(["problem", "T"]):
         table.loc[p, f"T={T}"] = _cell(g)
