@@ -63,6 +63,10 @@ PAPER_TABLE2: dict[str, tuple[str, str, str]] = dict(zip(_P, (
 def run_name(cfg: dict) -> str:
     """File name of a run: everything that distinguishes runs of one grid."""
     tail = "" if cfg.get("stop_when_solved", True) else "_full"
+    if cfg.get("lr") is not None:       # non-default settings are part of the name
+        tail += f"_lr{cfg['lr']:g}"
+    if cfg.get("clip") is not None:
+        tail += f"_clip{cfg['clip']:g}"
     return (f"{cfg['problem']}_T{cfg['T']}_{cfg['optimizer']}_{cfg['pairs']}_h{cfg['hidden']}"
             f"_n{cfg['iterations']}{tail}_s{cfg['seed']}.json")
 
@@ -80,8 +84,11 @@ def grid(problems: Iterable[str], Ts: Iterable[int], optimizers: Iterable[str], 
 
 
 def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
-             max_seconds: float | None = None, threads: int | None = 1, progress: bool = False) -> Path:
-    """Train one run unless its file exists; write the result atomically; return the path."""
+             max_seconds: float | None = None, threads: int | None = 1, progress: bool = False,
+             command: str | None = None) -> Path:
+    """Train one run unless its file exists; write the result atomically; return the path.
+
+    ``command`` is recorded as the provenance command (default: this process's argv)."""
     import torch
 
     from .train import NonFiniteLossError, TrainConfig, train
@@ -97,14 +104,16 @@ def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
         result = {"config": asdict(config.resolved()), "solved": False, "iterations_to_solve": None,
                   "iterations_to_0.1pct": None, "iterations_run": None, "stopped": "non_finite",
                   "error": str(e), "final_test_error": None, "wall_time": None, "curve": None}
-    result["provenance"] = provenance(device, command=" ".join(["python -m psgdlib.experiments"]
-                                                               + sys.argv[1:]))
+    if command is None:
+        command = " ".join(["python -m psgdlib.experiments"] + sys.argv[1:])
+    result["provenance"] = provenance(device, command=command)
     atomic_write_json(path, result)
     return path
 
 
 def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1, device: str | None = None,
-             max_seconds: float | None = None, progress: bool = True) -> list[Path]:
+             max_seconds: float | None = None, progress: bool = True,
+             command: str | None = None) -> list[Path]:
     """Run every config not already done; ``jobs`` processes with one torch thread each."""
     out_dir = Path(out_dir)
     todo = [c for c in configs if not (out_dir / run_name(c)).exists()]
@@ -114,13 +123,14 @@ def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1,
     if jobs <= 1 or len(todo) <= 1:
         threads = None if jobs <= 1 else 1
         for c in todo:
-            done.append(run_file(c, out_dir, device, max_seconds, threads=threads, progress=progress))
+            done.append(run_file(c, out_dir, device, max_seconds, threads=threads, progress=progress,
+                                 command=command))
             if progress:
                 print("finished", done[-1].name, flush=True)
         return done
     import multiprocessing as mp
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(run_file, c, out_dir, device, max_seconds, 1, False) for c in todo]
+        futs = [ex.submit(run_file, c, out_dir, device, max_seconds, 1, False, command) for c in todo]
         for f in as_completed(futs):
             done.append(f.result())
             if progress:
@@ -265,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
     r.add_argument("--device", default=None)
     r.add_argument("--lr", type=float, help="step size (default: 0.01 PSGD/SGD, 0.001 Adam)")
+    r.add_argument("--clip", type=float,
+                   help="gradient-norm clip (SGD: of g, default 1; PSGD: of P g, default off)")
     r.add_argument("--eval-every", type=int)
     r.add_argument("--n-test", type=int)
     r.add_argument("--no-stop", action="store_true",
@@ -285,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        _ints(a.seeds) if a.seeds else prof["seeds"],
                        hidden=a.hidden or prof["hidden"], iterations=a.iterations or prof["iterations"],
                        eval_every=a.eval_every or prof["eval_every"], n_test=a.n_test or prof["n_test"],
-                       lr=a.lr, pairs=a.pairs, dtype=a.dtype,
+                       lr=a.lr, clip=a.clip, pairs=a.pairs, dtype=a.dtype,
                        stop_when_solved=not a.no_stop)
         run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds)
         return 0

@@ -114,7 +114,9 @@ def setup_notebook(seed: int = 0, expected: Mapping[str, Mapping[str, str]] | No
     """
     profile = get_profile(default_profile)
     device = pick_device()
-    configure_cpu()
+    # one thread: the RNN matrices are small, and a second thread oversubscribes a 2-core
+    # machine as soon as anything else runs (measured: 15 ms -> 7.8 s per PSGD iteration)
+    configure_cpu(threads=1 if device.type == "cpu" else None)
     gen = seed_everything(seed)
     print(f"psgdlib profile: {profile!r} (set {PROFILE_ENV}=smoke|cpu|paper to change)")
     print(f"device: {device} -- {hardware(device)}; torch {torch.__version__}")

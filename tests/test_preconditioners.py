@@ -162,3 +162,13 @@ def test_state_dict_round_trip():
     assert torch.equal(q.Q1, p.Q1) and torch.equal(q.Q2, p.Q2) and q.num_updates == 10
     with pytest.raises(ValueError, match="shape"):
         Kron(2, 2).load_state_dict(p.state_dict())
+
+
+def test_relative_gradient_product_is_exact():
+    """The O(n^2) evaluation of triu(a a^T - b b^T) Q equals the explicit product."""
+    from psgdlib.preconditioners import _triu_apply
+    gen = torch.Generator().manual_seed(7)
+    Q = torch.triu(torch.randn(9, 9, generator=gen, dtype=F64))
+    a, b = torch.randn(9, generator=gen, dtype=F64), torch.randn(9, generator=gen, dtype=F64)
+    explicit = torch.triu(torch.outer(a, a) - torch.outer(b, b)) @ Q
+    torch.testing.assert_close(_triu_apply(a, b, Q), explicit)
