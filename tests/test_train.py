@@ -138,3 +138,10 @@ def test_psgd_kron_defaults_solve_addition_and_temporal_order_at_T30(tmp_path):
     summary = [(r["config"]["problem"], r["config"]["seed"], r["iterations_to_solve"]) for r in results]
     assert len(results) == 6
     assert all(r["solved"] and r["final_test_error"] < 0.01 for r in results), summary
+
+
+def test_float64_finite_difference_path_end_to_end():
+    """The paper's setting: float64 model, dtheta ~ N(0, eps) pairs, PSGD-Kron."""
+    r = train(TrainConfig("temporal_order_2bit", 10, hidden=20, iterations=3000, eval_every=50,
+                          n_test=2000, dtype="float64", pairs="finite_difference"), progress=False)
+    assert r["config"]["dtype"] == "float64" and r["solved"]
