@@ -73,6 +73,7 @@ def main() -> None:
     task = tasks.get("addition", a.T)
     batch = task.sample(a.batch, generator=torch.Generator().manual_seed(0))
     models = {"torch.nn.RNN": TorchRNN(task.input_dim, a.hidden, 1),
+              "psgdlib bptt": RNN(task.input_dim, a.hidden, 1, impl="bptt"),
               "psgdlib fused": RNN(task.input_dim, a.hidden, 1, impl="fused"),
               "psgdlib loop": RNN(task.input_dim, a.hidden, 1, impl="loop")}
     res = {name: {k: _median_ms(f, a.reps) for k, f in _modes(m, task, batch).items()}
@@ -84,7 +85,7 @@ def main() -> None:
     for name, r in res.items():
         print(f"{name:16s}" + "".join(f"{r[k]:10.1f}{r[k] / base[k]:8.2f}" for k in base))
 
-    print("\nPSGD-Kron training iterations per second (fused path, batch 100, hidden 100)")
+    print("\nPSGD-Kron training iterations per second (default impl, batch 100, hidden 100)")
     print(f"{'T':>5s} {'hvp it/s':>10s} {'fd it/s':>10s} {'sgd it/s':>10s}")
     for T in (30, 50, 100, 200):
         t = tasks.get("addition", T)

@@ -68,10 +68,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--only", default="", help="comma-separated substrings: run SGD plus matching variants")
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     rows = []
-    for name, pre, pairs in VARIANTS:
+    keys = [k for k in a.only.split(",") if k]
+    variants = [v for i, v in enumerate(VARIANTS) if i == 0 or not keys or any(k in v[0] for k in keys)]
+    for name, pre, pairs in variants:
         q = ctx.Queue()
         p = ctx.Process(target=_time_variant, args=(name, pre, pairs, a.T, a.hidden, a.batch, a.iters,
                                                     a.threads, q))

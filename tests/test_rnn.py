@@ -30,10 +30,10 @@ def test_init_recurrent_block_orthogonal_biases_zero():
     assert 0.05 < m.W1[:, :4].std() < 0.2  # small normal input weights (std 0.1)
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_fused_equals_loop_including_hvp(nonlinearity):
+@pytest.mark.parametrize("nonlinearity,impl", [("tanh", "fused"), ("relu", "fused"), ("tanh", "bptt")])
+def test_fast_paths_equal_loop_including_hvp(nonlinearity, impl):
     gen = torch.Generator().manual_seed(2)
-    a = RNN(2, 8, 1, nonlinearity=nonlinearity, impl="fused", dtype=torch.float64, generator=gen)
+    a = RNN(2, 8, 1, nonlinearity=nonlinearity, impl=impl, dtype=torch.float64, generator=gen)
     b = RNN(2, 8, 1, nonlinearity=nonlinearity, impl="loop", dtype=torch.float64)
     b.load_state_dict(a.state_dict())
     u = torch.randn(12, 3, 2, generator=gen, dtype=torch.float64)
@@ -49,8 +49,25 @@ def test_fused_equals_loop_including_hvp(nonlinearity):
         torch.testing.assert_close(x, y)
 
 
-def test_float64_gradcheck():
-    m = RNN(2, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+def test_bptt_recurrence_gradcheck_and_gradgradcheck():
+    from psgdlib.models.bptt import recurrence
+    gen = torch.Generator().manual_seed(5)
+    Z = torch.randn(6, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    Wr = (0.5 * torch.randn(4, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(recurrence, (Z, Wr))
+    assert torch.autograd.gradgradcheck(recurrence, (Z, Wr))
+
+
+def test_default_impl():
+    assert RNN(2, 3, 1).impl == "bptt" and RNN(2, 3, 1, nonlinearity="relu").impl == "fused"
+    assert RNN(2, 3, 1, nonlinearity="sigmoid").impl == "loop"
+    with pytest.raises(ValueError, match="bptt"):
+        RNN(2, 3, 1, nonlinearity="relu", impl="bptt")
+
+
+@pytest.mark.parametrize("impl", ["bptt", "fused", "loop"])
+def test_float64_gradcheck(impl):
+    m = RNN(2, 4, 2, dtype=torch.float64, impl=impl, generator=torch.Generator().manual_seed(3))
     u = torch.randn(5, 2, 2, dtype=torch.float64)
     W1, W2 = m.W1.detach().clone().requires_grad_(), m.W2.detach().clone().requires_grad_()
 

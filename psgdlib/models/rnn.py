@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .bptt import recurrence
+
 __all__ = ["RNN", "orthogonal_", "IMPLS"]
 
-IMPLS = ("fused", "loop")
+IMPLS = ("auto", "bptt", "fused", "loop")
 _ACT = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
 
 
@@ -40,13 +42,17 @@ class RNN(nn.Module):
         zero_sum_outputs: store only ``Ny - 1`` rows of ``W2`` and complete it so that
             every column sums to zero (the paper's fix for the singular Hessian of the
             cross-entropy loss in the 5-bit memorization problem).
-        impl: ``"fused"`` runs the recurrence with torch's RNN kernel (tanh/relu;
-            cuDNN disabled so double backward works on CUDA too), ``"loop"`` a Python
-            time loop. Both give the same numbers; ``benchmarks/rnn_speed.py`` times them.
+        impl: ``"bptt"`` (tanh only) runs the recurrence and its backward as hand-written
+            time loops whose double backward is written out too (:mod:`.bptt`): the
+            fastest Hessian-vector products; ``"fused"`` uses torch's RNN kernel
+            (tanh/relu; cuDNN disabled so double backward works on CUDA too); ``"loop"``
+            a Python time loop under autograd.  ``"auto"`` (default): ``bptt`` for tanh,
+            ``fused`` for relu, ``loop`` for sigmoid.  All give the same numbers;
+            ``benchmarks/rnn_speed.py`` times them.
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, nonlinearity: str = "tanh",
-                 init_std: float = 0.1, zero_sum_outputs: bool = False, impl: str = "fused",
+                 init_std: float = 0.1, zero_sum_outputs: bool = False, impl: str = "auto",
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -61,7 +67,13 @@ class RNN(nn.Module):
             raise ValueError("zero_sum_outputs needs output_dim >= 2")
         self.input_dim, self.hidden_dim, self.output_dim = int(input_dim), int(hidden_dim), int(output_dim)
         self.nonlinearity, self.zero_sum_outputs = nonlinearity, zero_sum_outputs
-        self.impl = impl if nonlinearity != "sigmoid" else "loop"
+        if impl == "auto":
+            impl = {"tanh": "bptt", "relu": "fused", "sigmoid": "loop"}[nonlinearity]
+        if impl == "bptt" and nonlinearity != "tanh":
+            raise ValueError("impl='bptt' is written for tanh; use 'fused' or 'loop'")
+        if impl == "fused" and nonlinearity == "sigmoid":
+            impl = "loop"
+        self.impl = impl
         Nu, Nx, Ny = self.input_dim, self.hidden_dim, self.output_dim
         fk = dict(dtype=dtype or torch.get_default_dtype())
         w1 = torch.randn(Nx, Nu + Nx + 1, generator=generator, **fk) * init_std
@@ -97,8 +109,10 @@ class RNN(nn.Module):
             with torch.backends.cudnn.flags(enabled=False):
                 X, _ = fn(u, h0, [Win, Wr, b, torch.zeros_like(b)], True, 1, 0.0, self.training, False, False)
             return X
-        act = _ACT[self.nonlinearity]
         Z = torch.addmm(b, u.reshape(L * B, Nu), Win.T).view(L, B, Nx)
+        if self.impl == "bptt":
+            return recurrence(Z, Wr)
+        act = _ACT[self.nonlinearity]
         x = act(Z[0])
         xs = [x]
         WrT = Wr.T
