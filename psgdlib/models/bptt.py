@@ -65,16 +65,14 @@ class _RecurrenceBackward(torch.autograd.Function):
         torch.mul(G[0], D[0], out=S[0])
         for t in range(1, L):         # dZ[t] feeds dZ[t-1] through dZ[t] Wr
             torch.mul(torch.addmm(G[t], S[t - 1], Wr.T), D[t], out=S[t])
-        g_dX = S
         g_Wr = dZ[1:].reshape(-1, N).T @ S[:-1].reshape(-1, N)
         # adjoint of D[t] = 1 - X[t]^2 is (adjoint of dZ[t]) * pre[t], where the adjoint of
         # dZ[t] is G[t] + S[t-1] Wr^T (recomputed in one batched product, no division by D)
-        Lam = G.clone()
-        Lam[1:] += (S[:-1].reshape(-1, N) @ Wr.T).view(L - 1, B, N)
-        g_X = -2 * X * Lam * pre
+        G[1:] += (S[:-1].reshape(-1, N) @ Wr.T).view(L - 1, B, N)
+        g_X = G.mul_(pre).mul_(X).mul_(-2.0)
         if gdWr is not None:
             g_X[:-1] += (dZ[1:].reshape(-1, N) @ gdWr).view(L - 1, B, N)
-        return g_dX, g_X, g_Wr
+        return S, g_X, g_Wr
 
 
 def recurrence(Z: Tensor, Wr: Tensor) -> Tensor:
