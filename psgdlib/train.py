@@ -104,27 +104,17 @@ class History:
 
 
 def _evaluate(task: _tasks.Task, model: RNN, n_test: int, device, dtype) -> tuple[float, float]:
-    """Test error and loss.  Screens on the first chunk (1000 sequences): when that chunk
-    alone already has >= 5% wrong, the run cannot be solved and the chunk's numbers are
-    returned; otherwise the full test set is evaluated (the solved decision is always made
-    on the full set)."""
+    """Test error and loss.  Screens on the first chunk (1000 sequences, the prefix of the
+    test set): when that chunk alone already has >= 5% wrong, the run cannot be solved and
+    the chunk's numbers are returned; otherwise the full test set is evaluated (the solved
+    decision is always made on the full set)."""
     model.eval()
-    with torch.no_grad():
-        chunk = min(1000, n_test)
-        batches = task.test_batches(n=n_test, chunk=chunk, device=device, dtype=dtype)
-        first = batches[0]
-        out = model(first.inputs)
-        wrong = int(task.wrong(out, first).sum())
-        loss = float(task.loss(out, first)) * first.batch_size
-        total = first.batch_size
-        if wrong / total < 0.05:
-            for b in batches[1:]:
-                out = model(b.inputs)
-                wrong += int(task.wrong(out, b).sum())
-                loss += float(task.loss(out, b)) * b.batch_size
-                total += b.batch_size
+    chunk = min(1000, n_test)
+    res = task.evaluate(model, n=chunk, chunk=chunk, device=device, dtype=dtype)
+    if res.error_rate < 0.05 and n_test > chunk:
+        res = task.evaluate(model, n=n_test, chunk=chunk, device=device, dtype=dtype)
     model.train()
-    return wrong / total, loss / total
+    return res.error_rate, res.loss
 
 
 def train(config: TrainConfig, device: torch.device | str | None = None, progress: bool = True,
