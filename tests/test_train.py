@@ -96,6 +96,9 @@ def test_tables_are_computed_from_the_files(tmp_path):
     assert t1s.loc["addition", "T=30"] == "1/1 (budget 20,000)"
     t2 = ex.table2(df)
     assert t2.loc["addition", "this repo"] == "30" and t2.loc["xor", "this repo"] == "<30"
+    short = ex.load_results(tmp_path)
+    short = short[short["optimizer"] == "sgd"]
+    assert ex.longest_T_without_failure(short) == "- (T=30: not solved within 20,000)"
     assert t2.loc["xor", "PSGD (paper)"] == "50"
 
 
