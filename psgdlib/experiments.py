@@ -25,7 +25,7 @@ from . import tasks as _tasks
 from .utils import PROFILES, atomic_write_json, get_profile, provenance
 
 __all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid",
-           "load_results", "table1", "table2", "main"]
+           "load_results", "table1", "table2", "time_to_solve", "main"]
 
 PAPER_BUDGET = 100_000
 
@@ -63,6 +63,8 @@ PAPER_TABLE2: dict[str, tuple[str, str, str]] = dict(zip(_P, (
 def run_name(cfg: dict) -> str:
     """File name of a run: everything that distinguishes runs of one grid."""
     tail = "" if cfg.get("stop_when_solved", True) else "_full"
+    if cfg.get("model", "rnn") != "rnn":
+        tail += f"_{cfg['model']}"
     if cfg.get("lr") is not None:       # non-default settings are part of the name
         tail += f"_lr{cfg['lr']:g}"
     if cfg.get("clip") is not None:
@@ -144,7 +146,7 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
 
     ``budget`` is the number of iterations a run was allowed: its configured
     budget, or, for an unsolved run stopped by a time limit, the iterations it
-    actually ran.  When the same run (problem, T, optimizer, pairs, hidden, seed)
+    actually ran.  When the same run (problem, T, model, optimizer, pairs, hidden, seed)
     is stored more than once (e.g. rerun with a larger budget), only the copy with
     the largest budget is kept.
     """
@@ -162,7 +164,8 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
             if not r["solved"] and r.get("stopped") == "time_limit" and r.get("iterations_run"):
                 budget = int(r["iterations_run"])
             prov = r.get("provenance", {})
-            rows.append(dict(file=str(f), problem=c["problem"], T=c["T"], optimizer=c["optimizer"],
+            rows.append(dict(file=str(f), problem=c["problem"], T=c["T"], model=c.get("model", "rnn"),
+                             optimizer=c["optimizer"],
                              pairs=c["pairs"], seed=c["seed"], hidden=c["hidden"], lr=c.get("lr"),
                              clip=c.get("clip"), budget=budget,
                              solved=bool(r["solved"]), iterations_to_solve=r["iterations_to_solve"],
@@ -170,12 +173,12 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
                              final_test_error=r["final_test_error"], wall_time=r["wall_time"],
                              hardware=prov.get("hardware"), commit=prov.get("git_commit"),
                              date=prov.get("date")))
-    cols = ["file", "problem", "T", "optimizer", "pairs", "seed", "hidden", "lr", "clip", "budget", "solved",
+    cols = ["file", "problem", "T", "model", "optimizer", "pairs", "seed", "hidden", "lr", "clip", "budget", "solved",
             "iterations_to_solve", "iterations_run", "stopped", "final_test_error", "wall_time",
             "hardware", "commit", "date"]
     df = pd.DataFrame(rows, columns=cols)
     if len(df):
-        key = ["problem", "T", "optimizer", "pairs", "hidden", "seed"]
+        key = ["problem", "T", "model", "optimizer", "pairs", "hidden", "seed"]
         df = (df.sort_values("budget").drop_duplicates(key, keep="last")
               .sort_values(key).reset_index(drop=True))
     return df
@@ -191,8 +194,8 @@ def _cell(g) -> str:
 
 
 def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
-           problems: Sequence[str] | None = None, Ts: Sequence[int] | None = None):
-    """Table I: failed/total runs per problem and T for ``optimizer``.
+           problems: Sequence[str] | None = None, Ts: Sequence[int] | None = None, model: str = "rnn"):
+    """Table I: failed/total runs per problem and T for ``optimizer`` training ``model``.
 
     A run that was not solved within a budget below the paper's 10^5 iterations is
     counted as failed *within that budget*: the cell then says ``(budget N)``.
@@ -200,7 +203,7 @@ def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
     by default they are those present in ``df``.
     """
     import pandas as pd
-    d = df[df["optimizer"] == optimizer]
+    d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
     present = set(d["problem"])
     order = list(problems) if problems is not None else (
         [p for p in _P if p in present] + sorted(present - set(_P)))
@@ -237,10 +240,10 @@ def longest_T_without_failure(d) -> str:
     return str(best)
 
 
-def table2(df, optimizer: str = "psgd_kron", with_paper: bool = True):
+def table2(df, optimizer: str = "psgd_kron", with_paper: bool = True, model: str = "rnn"):
     """Table II: longest T without a failure, this repository's runs next to the paper's."""
     import pandas as pd
-    d = df[df["optimizer"] == optimizer]
+    d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
     rows = []
     for p in [p for p in _P if p in set(d["problem"])]:
         g = d[d["problem"] == p]
@@ -251,6 +254,48 @@ def table2(df, optimizer: str = "psgd_kron", with_paper: bool = True):
             row.update(zip(("HF Tikhonov", "HF structural", "PSGD (paper)"), PAPER_TABLE2[p]))
         rows.append(row)
     return pd.DataFrame(rows).set_index("problem") if rows else pd.DataFrame()
+
+
+def time_to_solve(df, problem: str, Ts: Sequence[int] | None = None,
+                  optimizers: Sequence[str] | None = None, model: str = "rnn"):
+    """Iterations and wall time to solve ``problem``, one row per (optimizer, T).
+
+    Columns: ``runs``, ``solved``, ``iterations to solve`` and ``seconds to solve`` (median,
+    min-max over the solved runs), ``unsolved`` (the budgets of the runs that were not
+    solved, e.g. "not solved within 100,000 (x2)") and ``seconds per 1000 iterations``
+    (median over all runs; evaluations excluded).
+    """
+    import pandas as pd
+    d = df[(df["problem"] == problem) & (df["model"] == model)]
+    if Ts is not None:
+        d = d[d["T"].isin(list(Ts))]
+    opts = list(optimizers) if optimizers is not None else sorted(set(d["optimizer"]))
+
+    def spread(x) -> str:
+        x = sorted(x)
+        if not x:
+            return "-"
+        med = float(pd.Series(x).median())
+        return f"{med:,.0f}" if len(x) == 1 else f"{med:,.0f} ({x[0]:,.0f}-{x[-1]:,.0f})"
+
+    rows = []
+    for o in opts:
+        for T in sorted(set(d[d["optimizer"] == o]["T"])):
+            g = d[(d["optimizer"] == o) & (d["T"] == T)]
+            ok = g[g["solved"]]
+            bad = g[~g["solved"]]
+            budgets = bad["budget"].value_counts().sort_index()
+            unsolved = "; ".join(f"not solved within {int(b):,}" + (f" (x{n})" if n > 1 else "")
+                                 for b, n in budgets.items()) or "-"
+            per_it = (g["wall_time"] / g["iterations_run"]).dropna()
+            rows.append({"optimizer": o, "T": int(T), "runs": len(g), "solved": len(ok),
+                         "iterations to solve": spread(ok["iterations_to_solve"].astype(float)),
+                         "seconds to solve": spread(ok["wall_time"].astype(float)),
+                         "unsolved": unsolved,
+                         "seconds per 1000 iterations": f"{1000 * per_it.median():.1f}" if len(per_it) else "-"})
+    cols = ["optimizer", "T", "runs", "solved", "iterations to solve", "seconds to solve", "unsolved",
+            "seconds per 1000 iterations"]
+    return pd.DataFrame(rows, columns=cols).set_index(["optimizer", "T"])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -279,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--hidden", type=int)
     r.add_argument("--pairs", default="finite_difference", choices=("hvp", "finite_difference", "whitening"))
     r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    r.add_argument("--model", default="rnn", choices=("rnn", "lstm"),
+                   help="the RNN of eq. (1) (default) or the LSTM baseline")
     r.add_argument("--out", required=True, help="folder of result files")
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
     r.add_argument("--device", default=None)
@@ -305,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        _ints(a.seeds) if a.seeds else prof["seeds"],
                        hidden=a.hidden or prof["hidden"], iterations=a.iterations or prof["iterations"],
                        eval_every=a.eval_every or prof["eval_every"], n_test=a.n_test or prof["n_test"],
-                       lr=a.lr, clip=a.clip, pairs=a.pairs, dtype=a.dtype,
+                       lr=a.lr, clip=a.clip, pairs=a.pairs, dtype=a.dtype, model=a.model,
                        stop_when_solved=not a.no_stop)
         run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds)
         return 0

@@ -15,14 +15,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks as _tasks
-from .models import RNN
+from .models import LSTM, RNN
 from .optim import PSGD
 from .utils import configure_cpu, pick_device
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer", "train",
+__all__ = ["OPTIMIZERS", "MODELS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer", "train",
            "SOLVED", "SOLVED_STRICT"]
 
 OPTIMIZERS = ("psgd_kron", "psgd_dense", "psgd_diag", "sgd", "adam")
+MODELS = ("rnn", "lstm")   # the RNN of eq. (1) (the paper's model); an LSTM baseline
 SOLVED = 0.01          # solved: fewer than 1% of the test sequences wrong
 SOLVED_STRICT = 0.001  # also recorded: the first evaluation below 0.1%
 
@@ -51,6 +52,7 @@ class TrainConfig:
     init_std: float = 0.1
     zero_sum_outputs: bool | None = None  # None: on for 5-bit memorization only (paper)
     stop_when_solved: bool = True      # False: run the whole budget (learning curves, Fig. 1)
+    model: str = "rnn"                 # "rnn": eq. (1); "lstm": the LSTM baseline
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in."""
@@ -58,6 +60,8 @@ class TrainConfig:
         task = _tasks.get(c.problem, c.T)
         if c.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {c.optimizer!r}; choose one of {OPTIMIZERS}")
+        if c.model not in MODELS:
+            raise ValueError(f"unknown model {c.model!r}; choose one of {MODELS}")
         if c.iterations < 1 or c.eval_every < 1 or c.hidden < 1 or c.n_test < 1:
             raise ValueError("iterations, eval_every, hidden and n_test must be >= 1")
         if c.dtype not in ("float32", "float64"):
@@ -74,10 +78,14 @@ class TrainConfig:
 
 def build_model(task: _tasks.Task, hidden: int, seed: int, dtype: torch.dtype = torch.float32,
                 device: torch.device | str | None = None, init_std: float = 0.1,
-                zero_sum_outputs: bool = False) -> RNN:
-    """The RNN of eq. (1) for ``task``; the initial weights depend on ``seed`` only."""
+                zero_sum_outputs: bool = False, model: str = "rnn") -> RNN:
+    """The RNN of eq. (1) (``model="rnn"``) or the LSTM baseline (``"lstm"``) for ``task``;
+    the initial weights depend on ``seed`` only."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
     gen = torch.Generator().manual_seed(seed)
-    return RNN(task.input_dim, hidden, task.output_dim, init_std=init_std,
+    cls = RNN if model == "rnn" else LSTM
+    return cls(task.input_dim, hidden, task.output_dim, init_std=init_std,
                zero_sum_outputs=zero_sum_outputs, dtype=dtype, generator=gen).to(device)
 
 
@@ -132,7 +140,7 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
     dtype = getattr(torch, c.dtype)
     task = _tasks.get(c.problem, c.T)
     if model is None:
-        model = build_model(task, c.hidden, c.seed, dtype, device, c.init_std, c.zero_sum_outputs)
+        model = build_model(task, c.hidden, c.seed, dtype, device, c.init_std, c.zero_sum_outputs, c.model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(c.optimizer, params, c.lr, c.precond_lr, c.pairs,
                          c.clip if c.optimizer.startswith("psgd") else None, seed=c.seed)

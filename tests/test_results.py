@@ -3,7 +3,7 @@
 * Every ``results/**/*.json`` parses and carries a ``config`` and a ``provenance`` with
   ``command``, ``git_commit``, ``hardware``, ``date`` and ``torch``.
 * For the Experiment-2 runs (``results/table1/`` and, if present,
-  ``results/table1_baselines/``) the cells of :func:`psgdlib.experiments.table1` and
+  ``results/table1_baselines/`` and ``results/lstm/``) the cells of :func:`psgdlib.experiments.table1` and
   :func:`~psgdlib.experiments.table2`, computed from :func:`~psgdlib.experiments.load_results`,
   agree with a recount done here directly from the raw JSON.
 * The chapters contain no hand-typed Table I/II numbers: chapter 3 builds its tables by
@@ -28,7 +28,7 @@ from psgdlib import experiments as ex
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
-EXP2_DIRS = ("table1", "table1_baselines")
+EXP2_DIRS = ("table1", "table1_baselines", "lstm")
 PAPER_BUDGET = 100_000
 PROVENANCE_KEYS = ("command", "git_commit", "hardware", "date", "torch")
 CHAPTER3 = ROOT / "notebooks" / "03_pathological_suite.ipynb"
@@ -77,12 +77,16 @@ def _effective_budget(r: dict) -> int:
     return budget
 
 
-def _recount_table1(runs: list[dict]) -> dict[tuple[str, str, int], str]:
-    """(optimizer, problem, T) -> 'failed/total' plus ' (budget N)' below the paper's 10^5."""
-    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+def _model(r: dict) -> str:
+    return r["config"].get("model", "rnn")   # files written before the LSTM baseline: the RNN
+
+
+def _recount_table1(runs: list[dict]) -> dict[tuple[str, str, str, int], str]:
+    """(model, optimizer, problem, T) -> 'failed/total' plus ' (budget N)' below the paper's 10^5."""
+    groups: dict[tuple[str, str, str, int], list[dict]] = defaultdict(list)
     for r in runs:
         c = r["config"]
-        groups[(c["optimizer"], c["problem"], int(c["T"]))].append(r)
+        groups[(_model(r), c["optimizer"], c["problem"], int(c["T"]))].append(r)
     cells = {}
     for key, rs in groups.items():
         failed = sum(1 for r in rs if not r["solved"])
@@ -94,13 +98,13 @@ def _recount_table1(runs: list[dict]) -> dict[tuple[str, str, int], str]:
     return cells
 
 
-def _recount_table2(runs: list[dict]) -> dict[tuple[str, str], str]:
-    """(optimizer, problem) -> longest tested T with every run at it and below solved; when the
+def _recount_table2(runs: list[dict]) -> dict[tuple[str, str, str], str]:
+    """(model, optimizer, problem) -> longest tested T with every run at it and below solved; when the
     first T with an unsolved run had only runs cut below the paper's budget, say so instead."""
-    by: dict[tuple[str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    by: dict[tuple[str, str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         c = r["config"]
-        by[(c["optimizer"], c["problem"])][int(c["T"])].append(r)
+        by[(_model(r), c["optimizer"], c["problem"])][int(c["T"])].append(r)
     out = {}
     for key, per_T in by.items():
         best, note = None, None
@@ -119,16 +123,28 @@ def _recount_table2(runs: list[dict]) -> dict[tuple[str, str], str]:
     return out
 
 
+def _latest(runs: list[dict]) -> list[dict]:
+    """One record per run: a run stored twice (rerun with a larger budget) counts once,
+    with its largest effective budget."""
+    best: dict[tuple, dict] = {}
+    for r in runs:
+        c = r["config"]
+        key = (_model(r), c["problem"], int(c["T"]), c["optimizer"], c["pairs"], int(c["hidden"]), int(c["seed"]))
+        if key not in best or _effective_budget(r) > _effective_budget(best[key]):
+            best[key] = r
+    return list(best.values())
+
+
 def _check_tables(dirs: list[Path]) -> None:
     """Assert that table1/table2 of load_results(dirs) equal the recount of the raw files."""
-    runs = _runs(dirs)
+    runs = _latest(_runs(dirs))
     df = ex.load_results(dirs) if dirs else ex.load_results([])
-    assert len(df) == len(runs), "load_results must return one row per run file"
+    assert len(df) == len(runs), "load_results must return one row per run"
     t1 = _recount_table1(runs)
     t2 = _recount_table2(runs)
-    for opt in sorted({k[0] for k in t1} | {"psgd_kron"}):
-        table = ex.table1(df, optimizer=opt, with_paper=True)
-        mine = {(p, T): cell for (o, p, T), cell in t1.items() if o == opt}
+    for model, opt in sorted({k[:2] for k in t1} | {("rnn", "psgd_kron")}):
+        table = ex.table1(df, optimizer=opt, with_paper=True, model=model)
+        mine = {(p, T): cell for (m, o, p, T), cell in t1.items() if (m, o) == (model, opt)}
         shown = {}
         for p in table.index:
             for col in table.columns:
@@ -136,14 +152,14 @@ def _check_tables(dirs: list[Path]) -> None:
                     v = table.loc[p, col]
                     if v != "-":
                         shown[(p, int(col[2:]))] = v
-        assert shown == mine, f"table1({opt}) differs from the recount:\n{shown}\nvs\n{mine}"
+        assert shown == mine, f"table1({opt}, {model}) differs from the recount:\n{shown}\nvs\n{mine}"
         # the paper's column is the paper's number for every tested (problem, T)
         for p in table.index:
             for col in table.columns:
                 if col.startswith("paper T="):
                     assert table.loc[p, col] == ex.PAPER_TABLE1.get(p, {}).get(int(col[8:]), "-")
-        tab2 = ex.table2(df, optimizer=opt, with_paper=True)
-        mine2 = {p: v for (o, p), v in t2.items() if o == opt}
+        tab2 = ex.table2(df, optimizer=opt, with_paper=True, model=model)
+        mine2 = {p: v for (m, o, p), v in t2.items() if (m, o) == (model, opt)}
         shown2 = dict(tab2["this repo"]) if len(tab2) else {}
         assert shown2 == mine2, f"table2({opt}) differs from the recount: {shown2} vs {mine2}"
         for p in shown2:
@@ -151,9 +167,12 @@ def _check_tables(dirs: list[Path]) -> None:
 
 
 def _fake_run(out: Path, problem: str, T: int, seed: int, solved: bool, iterations: int = PAPER_BUDGET,
-              optimizer: str = "psgd_kron", stopped: str | None = None, iterations_run: int | None = None):
+              optimizer: str = "psgd_kron", stopped: str | None = None, iterations_run: int | None = None,
+              model: str | None = None):
     cfg = dict(problem=problem, T=T, optimizer=optimizer, seed=seed, hidden=100, iterations=iterations,
                pairs="finite_difference", stop_when_solved=True)
+    if model is not None:
+        cfg["model"] = model
     if stopped is None:
         stopped = "solved" if solved else "budget"
     if iterations_run is None:
@@ -220,16 +239,19 @@ def test_recount_logic_on_synthetic_files(tmp_path):
     b.mkdir()
     for s in range(3):
         _fake_run(b, "addition", 30, s, solved=False, optimizer="sgd")
+        _fake_run(b, "addition", 30, s, solved=True, optimizer="sgd", model="lstm")  # kept apart
+        _fake_run(b, "addition", 30, s, solved=True, optimizer="sgd", iterations=500)  # superseded
     (d / "notes.json").write_text("{}")                               # not a run: ignored
     _check_tables([d, b])
-    cells = _recount_table1(_runs([d, b]))
-    assert cells[("psgd_kron", "addition", 200)] == "2/5"
-    assert cells[("psgd_kron", "xor", 30)] == "0/5 (budget 20,000)"
-    assert cells[("sgd", "addition", 30)] == "3/3"
-    t2 = _recount_table2(_runs([d, b]))
-    assert t2[("psgd_kron", "addition")] == "30"
-    assert t2[("psgd_kron", "xor")] == "30 (T=50: not solved within 20,000)"  # cut budget: no failure
-    assert t2[("sgd", "addition")] == "<30"
+    cells = _recount_table1(_latest(_runs([d, b])))
+    assert cells[("rnn", "psgd_kron", "addition", 200)] == "2/5"
+    assert cells[("rnn", "psgd_kron", "xor", 30)] == "0/5 (budget 20,000)"
+    assert cells[("rnn", "sgd", "addition", 30)] == "3/3"
+    assert cells[("lstm", "sgd", "addition", 30)] == "0/3"
+    t2 = _recount_table2(_latest(_runs([d, b])))
+    assert t2[("rnn", "psgd_kron", "addition")] == "30"
+    assert t2[("rnn", "psgd_kron", "xor")] == "30 (T=50: not solved within 20,000)"  # cut budget: no failure
+    assert t2[("rnn", "sgd", "addition")] == "<30"
     _check_tables([])                                                 # nothing at all
 
 
@@ -238,7 +260,7 @@ def test_recount_time_limited_run(tmp_path):
     d.mkdir()
     _fake_run(d, "addition", 100, 0, solved=False, stopped="time_limit", iterations_run=4_200)
     _fake_run(d, "addition", 100, 1, solved=True)
-    assert _recount_table1(_runs([d]))[("psgd_kron", "addition", 100)] == "1/2 (budget 4,200)"
+    assert _recount_table1(_runs([d]))[("rnn", "psgd_kron", "addition", 100)] == "1/2 (budget 4,200)"
     _check_tables([d])
 
 
@@ -278,3 +300,31 @@ def test_chapter3_builds_tables_from_result_files():
     nb = json.loads(CHAPTER3.read_text())
     stored = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("outputs")]
     assert not stored, f"chapter 3 is saved with outputs in cells {stored}"
+
+
+def test_time_to_solve_table_from_files(tmp_path):
+    """Iterations/seconds to solve per (optimizer, T) are the median and range of the solved
+    runs read from the files; unsolved runs are listed with their budgets."""
+    d = tmp_path / "runs"
+    d.mkdir()
+    for s, its in enumerate([3000, 1000, 2000]):
+        _fake_run(d, "addition", 30, s, solved=True)
+        f = d / ex.run_name(dict(problem="addition", T=30, optimizer="psgd_kron", pairs="finite_difference",
+                                 hidden=100, iterations=PAPER_BUDGET, seed=s))
+        r = json.loads(f.read_text())
+        r.update(iterations_to_solve=its, iterations_run=its, wall_time=its / 100)
+        f.write_text(json.dumps(r))
+    _fake_run(d, "addition", 30, 0, solved=False, optimizer="sgd")
+    _fake_run(d, "addition", 30, 1, solved=False, optimizer="sgd")
+    _fake_run(d, "addition", 30, 2, solved=False, optimizer="sgd", iterations=20_000)
+    _fake_run(d, "addition", 30, 0, solved=True, optimizer="sgd", model="lstm")   # other model: not shown
+    t = ex.time_to_solve(ex.load_results(d), "addition")
+    assert list(t.index) == [("psgd_kron", 30), ("sgd", 30)]
+    assert t.loc[("psgd_kron", 30), "iterations to solve"] == "2,000 (1,000-3,000)"
+    assert t.loc[("psgd_kron", 30), "seconds to solve"] == "20 (10-30)"
+    assert t.loc[("psgd_kron", 30), "seconds per 1000 iterations"] == "10.0"
+    assert t.loc[("sgd", 30), "solved"] == 0 and t.loc[("sgd", 30), "runs"] == 3
+    assert t.loc[("sgd", 30), "unsolved"] == "not solved within 20,000; not solved within 100,000 (x2)"
+    assert t.loc[("sgd", 30), "iterations to solve"] == "-"
+    lt = ex.time_to_solve(ex.load_results(d), "addition", model="lstm")
+    assert list(lt.index) == [("sgd", 30)] and lt.loc[("sgd", 30), "solved"] == 1
