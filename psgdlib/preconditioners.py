@@ -52,17 +52,29 @@ def _check_init_scale(scale: float) -> None:
         raise ValueError(f"init_scale must be a positive finite number, got {scale}")
 
 
-def _triu_apply(a: Tensor, b: Tensor, Q: Tensor) -> Tensor:
-    """``triu(a a^T - b b^T) @ Q`` in O(n^2) for an upper triangular ``Q``.
+def _relgrad_step_(Q: Tensor, a: Tensor, b: Tensor, lr: float, block: int = 128) -> None:
+    """In place ``Q <- Q - lr * triu(a a^T - b b^T) @ Q`` for an upper triangular ``Q``, in O(n^2).
 
-    Row i of ``triu(a a^T) Q`` is ``a_i * sum_{k >= i} a_k Q[k, :]``: a reverse
-    cumulative sum over rows, no O(n^3) matrix product.  The sums run along the
-    contiguous last dimension of ``Q^T`` (about 1.6x faster than along rows).
-    a, b: (n,), Q: (n, n).
+    Row i of ``triu(a a^T) Q`` is ``a_i * sum_{k >= i} a_k Q[k, :]``: a reverse cumulative
+    sum, no O(n^3) product.  With ``L = Q^T`` (lower triangular; contiguous when ``Q`` is
+    stored column-major, as :class:`Dense` does) the sums run along the rows of ``L``, which
+    are independent: ``L`` is processed ``block`` rows at a time, each block restricted to
+    its non-zero columns, so the temporaries stay cache-sized and half of the work is
+    skipped.  a, b: (n,), Q: (n, n).
     """
-    def rev_cumsum_rows_T(x: Tensor) -> Tensor:  # (x[:, None] * Q)^T, reverse-cumsummed over rows
-        return (x[None, :] * Q.T).contiguous().flip(1).cumsum(1).flip(1)
-    return (a[None, :] * rev_cumsum_rows_T(a) - b[None, :] * rev_cumsum_rows_T(b)).T
+    L = Q.T
+    if not L.is_contiguous():          # row-major Q: same arithmetic on a column-major copy
+        Lc = L.contiguous()
+        _relgrad_step_(Lc.T, a, b, lr, block)
+        Q.copy_(Lc.T)
+        return
+    n = L.shape[0]
+    for j0 in range(0, n, block):
+        j1 = min(n, j0 + block)
+        Lb, ab, bb = L[j0:j1, :j1], a[:j1], b[:j1]
+        Ra = (Lb * ab).flip(1).cumsum(1).flip(1)   # Ra[j, i] = sum_{k >= i} a_k Q[k, j]
+        Rb = (Lb * bb).flip(1).cumsum(1).flip(1)
+        Lb.addcmul_(Ra, ab, value=-lr).addcmul_(Rb, bb, value=lr)
 
 
 class Preconditioner:
@@ -128,6 +140,9 @@ class Dense(Preconditioner):
     ``P = Q^T Q``, ``Q`` (n, n) upper triangular.  Memory O(n^2); each update
     and each ``precondition`` call costs O(n^2) (the relative-gradient product
     ``triu(a a^T - b b^T) Q`` is evaluated as two reverse cumulative sums).
+    ``Q`` is kept in column-major memory (``Q.T`` contiguous) so that those sums run along
+    contiguous memory, block by block and in place (``benchmarks/dense_update.py`` times
+    the update against the straightforward formulation).
     """
 
     def __init__(self, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
@@ -137,7 +152,8 @@ class Dense(Preconditioner):
         _check_init_scale(init_scale)
         super().__init__(dtype, device)
         self.n = int(n)
-        self.Q = torch.eye(self.n, dtype=self.dtype, device=self.device) * math.sqrt(init_scale)
+        # column-major storage: self.Q is the transposed view of a contiguous (lower) matrix
+        self.Q = (torch.eye(self.n, dtype=self.dtype, device=self.device) * math.sqrt(init_scale)).T
 
     def _tensors(self) -> dict[str, Tensor]:
         return {"Q": self.Q}
@@ -175,12 +191,20 @@ class Dense(Preconditioner):
         Q = self.Q
         a = Q @ h
         b = torch.linalg.solve_triangular(Q.T, v[:, None], upper=False)[:, 0]  # Q^{-T} v
-        grad = torch.triu(torch.outer(a, a) - torch.outer(b, b))
-        gmax = grad.abs().max()
-        step = lr / (gmax + _TINY)
-        Qnew = Q - step * _triu_apply(a, b, Q)
-        ok = torch.isfinite(gmax) & torch.isfinite(Qnew).all()
-        self._accept(ok, (Q, Qnew))
+        # the gradient triu(a a^T - b b^T); a a^T - b b^T is symmetric, so its largest
+        # magnitude over the upper triangle is its largest magnitude overall
+        grad = torch.outer(a, a).addr_(b, b, alpha=-1)
+        lo, hi = torch.aminmax(grad)
+        gmax = torch.maximum(hi, -lo)
+        del grad
+        ok = torch.isfinite(gmax)          # false for any NaN/inf in the pair
+        # normalize a and b by sqrt(gmax) so that step = lr / gmax needs no n x n pass,
+        # and zero them for a rejected pair (Q then stays as it is)
+        scale = torch.where(ok, torch.rsqrt(gmax + _TINY), torch.zeros_like(gmax))
+        a = torch.where(ok, a * scale, torch.zeros_like(a))
+        b = torch.where(ok, b * scale, torch.zeros_like(b))
+        _relgrad_step_(Q, a, b, lr)
+        self._skipped += (~ok).to(torch.int64)
         self.num_updates += 1
 
 

@@ -164,11 +164,39 @@ def test_state_dict_round_trip():
         Kron(2, 2).load_state_dict(p.state_dict())
 
 
-def test_relative_gradient_product_is_exact():
-    """The O(n^2) evaluation of triu(a a^T - b b^T) Q equals the explicit product."""
-    from psgdlib.preconditioners import _triu_apply
+@pytest.mark.parametrize("n,block", [(9, 128), (37, 8), (40, 8)])
+def test_relative_gradient_step_is_exact(n, block):
+    """The blocked O(n^2) evaluation of Q - lr triu(a a^T - b b^T) Q equals the explicit
+    product, for column-major and row-major Q and blocks that do or do not divide n."""
+    from psgdlib.preconditioners import _relgrad_step_
     gen = torch.Generator().manual_seed(7)
-    Q = torch.triu(torch.randn(9, 9, generator=gen, dtype=F64))
-    a, b = torch.randn(9, generator=gen, dtype=F64), torch.randn(9, generator=gen, dtype=F64)
-    explicit = torch.triu(torch.outer(a, a) - torch.outer(b, b)) @ Q
-    torch.testing.assert_close(_triu_apply(a, b, Q), explicit)
+    Q = torch.triu(torch.randn(n, n, generator=gen, dtype=F64))
+    a, b = torch.randn(n, generator=gen, dtype=F64), torch.randn(n, generator=gen, dtype=F64)
+    explicit = Q - 0.3 * torch.triu(torch.outer(a, a) - torch.outer(b, b)) @ Q
+    for layout in (Q.T.contiguous().T, Q.clone()):
+        _relgrad_step_(layout, a, b, 0.3, block=block)
+        torch.testing.assert_close(layout, explicit)
+        assert torch.equal(layout, torch.triu(layout))
+
+
+@pytest.mark.parametrize("layout", ["column-major (default)", "row-major"])
+def test_dense_update_is_the_normalized_relative_gradient_step(layout):
+    """One update equals Q - lr / max|G| * G Q with G = triu(a a^T - b b^T), a = Q h,
+    b = Q^{-T} v, written out with dense matrices, whatever Q's memory layout."""
+    gen = torch.Generator().manual_seed(8)
+    n = 11
+    p = Dense(n, dtype=F64)
+    with torch.no_grad():
+        p.Q.add_(0.3 * torch.triu(torch.randn(n, n, generator=gen, dtype=F64)))
+    if layout == "row-major":
+        p.Q = p.Q.contiguous()
+    for _ in range(3):
+        v, h = torch.randn(n, generator=gen, dtype=F64), torch.randn(n, generator=gen, dtype=F64)
+        Q0 = p.Q.clone()
+        a = Q0 @ h
+        b = torch.linalg.solve(Q0.T, v)
+        G = torch.triu(torch.outer(a, a) - torch.outer(b, b))
+        expected = Q0 - 0.05 / G.abs().max() * G @ Q0
+        p.update(v, h, lr=0.05)
+        torch.testing.assert_close(p.Q, expected)
+        assert torch.equal(p.Q, torch.triu(p.Q))
