@@ -158,7 +158,8 @@ def _check_existing(configs: Sequence[dict], out: Path) -> None:
         if not p.exists():
             continue
         want = asdict(TrainConfig(**c).resolved())
-        have = json.loads(p.read_text()).get("config", {})
+        # a field added to TrainConfig after a file was written has its default there
+        have = {**asdict(TrainConfig(problem=c["problem"], T=c["T"])), **json.loads(p.read_text()).get("config", {})}
         diff = sorted(k for k in want if have.get(k) != want[k])
         if diff:
             raise ValueError(f"{p} holds a run with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in diff)}"

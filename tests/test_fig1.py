@@ -122,6 +122,11 @@ def test_run_writes_files_and_refuses_to_mix_grids(tmp_path):
     assert not set(other) & set(paths) and len(list(tmp_path.glob("*.json"))) == 6
     with pytest.raises(ValueError, match="n_test"):               # same names, other settings
         fig1.run("smoke", tmp_path, **dict(kw, n_test=20))
+    for p in paths:                         # files written before TrainConfig had a `model` field
+        r = json.loads(p.read_text())
+        del r["config"]["model"]
+        p.write_text(json.dumps(r))
+    assert fig1.run("smoke", tmp_path, **kw) == paths                # still the same grid: nothing to do
 
 
 # ------------------------------------------------------------------ fake result files
