@@ -65,11 +65,12 @@ LABELS = {"sgd": "SGD (clipped at 1)", "psgd_kron": "PSGD, sparse (Kron, eq. 5)"
 COLORS = {"sgd": "tab:gray", "psgd_kron": "tab:blue", "psgd_dense": "tab:red"}
 
 #: Per profile: iteration budget, evaluation period, test-set size, seeds.  ``dense_iterations``
-#: caps the dense preconditioner's runs (its O(n^2) step costs 0.15-0.5 s on one CPU thread);
+#: caps the dense preconditioner's runs (its O(n^2) update dominates an iteration on a CPU,
+#: see benchmarks/dense_update.py);
 #: ``None`` means the same budget as the others.
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(iterations=100, dense_iterations=10, eval_every=20, n_test=1000, seeds=(0,)),
-    "cpu": dict(iterations=3000, dense_iterations=200, eval_every=100, n_test=2000, seeds=(0,)),
+    "cpu": dict(iterations=3000, dense_iterations=1000, eval_every=100, n_test=2000, seeds=(0,)),
     "paper": dict(iterations=20_000, dense_iterations=None, eval_every=100, n_test=10_000, seeds=(0, 1, 2)),
 }
 
