@@ -210,7 +210,8 @@ def load_curves(dirs: str | os.PathLike | Iterable[str | os.PathLike], problem: 
     train_loss, test_loss, test_error, wall_time, pairs, clip, hidden, problem, source``.  Runs
     of other problems / hidden sizes are skipped (``None`` keeps them), so are files that are
     not result files and runs that ended non-finite (no curve).  Missing folders give an
-    empty table.
+    empty table.  When one run (optimizer, seed, pairs, clip) is stored more than once, e.g.
+    rerun with a longer budget, only the longest curve is kept.
     """
     import pandas as pd
     if isinstance(dirs, (str, os.PathLike)):
@@ -237,7 +238,12 @@ def load_curves(dirs: str | os.PathLike | Iterable[str | os.PathLike], problem: 
             "pairs", "clip", "hidden", "problem", "source"]
     if not frames:
         return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)[cols]
+    df = pd.concat(frames, ignore_index=True)[cols]
+    key = ["problem", "hidden", "optimizer", "seed", "pairs", "clip"]
+    runs = (df.groupby("source", sort=False).agg(**{c: (c, "first") for c in key}, _len=("iteration", "max"))
+            .reset_index().sort_values(["_len", "source"], ascending=[False, True]))
+    keep = set(runs.drop_duplicates(key, keep="first")["source"])   # the longest copy of each run
+    return df[df["source"].isin(keep)].reset_index(drop=True)
 
 
 def final_table(df):

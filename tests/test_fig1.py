@@ -178,6 +178,17 @@ def test_load_curves(result_dir, tmp_path):
     assert len(fig1.load_curves(result_dir, problem=None, hidden=None)) == len(df) + 2
 
 
+def test_load_curves_keeps_the_longest_copy_of_a_run(result_dir):
+    """A run stored again with a longer budget (another file name) is drawn once, the long one."""
+    _write_result(result_dir, "psgd_kron", 0, [10, 20, 30, 40, 50], [0.04, 0.01, 0.001, 5e-4, 1e-4])
+    _write_result(result_dir, "psgd_dense", 0, [10], [0.04])                  # shorter copy: dropped
+    df = fig1.load_curves(result_dir)
+    kron = df[(df.optimizer == "psgd_kron") & (df.seed == 0)]
+    assert kron["iteration"].tolist() == [10, 20, 30, 40, 50] and kron["source"].nunique() == 1
+    assert df[df.optimizer == "psgd_dense"]["iteration"].tolist() == [10, 20]
+    assert len(df) == 3 + 3 + 5 + 2
+
+
 def test_load_curves_reads_a_real_run_file(tmp_path):
     cfg = fig1.experiment1_configs("smoke", optimizers=["sgd"], iterations=4, eval_every=2, n_test=20)[0]
     path = experiments.run_file(cfg, tmp_path, device="cpu")
