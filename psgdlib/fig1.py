@@ -8,10 +8,11 @@ gradient clipped at norm 1 (and PSGD's preconditioned gradient, see below); ever
 (``stop_when_solved=False``) so that the learning curves are complete.
 
 **Clipping.** The paper clips SGD's gradient at norm 1 and says nothing about PSGD. Run as
-written (PSGD unclipped), the sparse PSGD of seed 0 starts to learn after ~2000 iterations
-and is then thrown out by an exploding-gradient step (the norm of ``W1`` jumps from 7 to
-33 in one iteration, the tanh units saturate, and the run stays at the level of a constant
-prediction for the next 18,000 iterations; measured in float32 on one CPU thread).  The
+written (PSGD unclipped), nothing bounds a step ``mu P g`` taken at one of the gradient
+"cliffs" of this problem, where one minibatch's gradient is orders of magnitude above the
+typical one; such a step can throw the weights into saturation.  Whether it happens depends
+on the run (and on the platform's rounding): the stored paper-literal runs
+(``results/fig1_noclip``) and chapter 2 show what happened on this repository's machine.  The
 author's public PyTorch demos of PSGD on this problem (``psgd_torch``) clip the
 *preconditioned* gradient ``P g`` at norm 1 for PSGD too, and so do the configs here by
 default (``clip=1.0`` for every optimizer; ``TrainConfig.clip`` clips ``g`` for SGD and
