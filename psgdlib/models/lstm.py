@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .rnn import RNN, orthogonal_
+from .rnn import RNN
 
 __all__ = ["LSTM"]
 
@@ -29,20 +29,17 @@ class LSTM(RNN):
     (cuDNN disabled, so double backward and Hessian-vector products work on CUDA too).
     """
 
+    _GATES = 4
+
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, init_std: float = 0.1,
                  forget_bias: float = 1.0, zero_sum_outputs: bool = False,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(input_dim, hidden_dim, output_dim, init_std=init_std,
                          zero_sum_outputs=zero_sum_outputs, impl="loop", dtype=dtype, device=device,
-                         generator=generator)
-        Nu, Nx = self.input_dim, self.hidden_dim
-        w1 = torch.randn(4 * Nx, Nu + Nx + 1, generator=generator, dtype=self.W1.dtype) * init_std
-        w1[:, -1] = 0
-        w1[Nx:2 * Nx, -1] = forget_bias
-        for k in range(4):
-            orthogonal_(w1[k * Nx:(k + 1) * Nx, Nu:Nu + Nx], generator)
-        self.W1 = nn.Parameter(w1.to(self.W2.device))
+                         generator=generator)      # W1 (4 Nx, Nu + Nx + 1): _GATES = 4
+        with torch.no_grad():
+            self.W1[self.hidden_dim:2 * self.hidden_dim, -1] = forget_bias
         self.impl = "lstm"
 
     def hidden_states(self, u: Tensor) -> Tensor:

@@ -51,6 +51,10 @@ class RNN(nn.Module):
             ``benchmarks/rnn_speed.py`` times them.
     """
 
+    #: blocks of ``Nx`` rows in ``W1`` (one per gate; the LSTM subclass has 4), each with its
+    #: own orthogonal recurrent block at init
+    _GATES = 1
+
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, nonlinearity: str = "tanh",
                  init_std: float = 0.1, zero_sum_outputs: bool = False, impl: str = "auto",
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
@@ -76,9 +80,10 @@ class RNN(nn.Module):
         self.impl = impl
         Nu, Nx, Ny = self.input_dim, self.hidden_dim, self.output_dim
         fk = dict(dtype=dtype or torch.get_default_dtype())
-        w1 = torch.randn(Nx, Nu + Nx + 1, generator=generator, **fk) * init_std
+        w1 = torch.randn(self._GATES * Nx, Nu + Nx + 1, generator=generator, **fk) * init_std
         w1[:, -1] = 0
-        orthogonal_(w1[:, Nu:Nu + Nx], generator)
+        for k in range(self._GATES):
+            orthogonal_(w1[k * Nx:(k + 1) * Nx, Nu:Nu + Nx], generator)
         rows = Ny - 1 if zero_sum_outputs else Ny
         w2 = torch.randn(rows, Nx + 1, generator=generator, **fk) * init_std
         w2[:, -1] = 0
