@@ -311,6 +311,7 @@ def _ints(s: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .train import MODELS, OPTIMIZERS
     ap = argparse.ArgumentParser(prog="python -m psgdlib.experiments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -318,13 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--profile", choices=PROFILES, default=None, help="default: $PSGD_PROFILE or cpu")
     r.add_argument("--problems", help="comma-separated problem names (default: the profile's)")
     r.add_argument("--T", help="comma-separated lengths")
-    r.add_argument("--optimizers", help=f"comma-separated, from {', '.join(__import__('psgdlib.train', fromlist=['OPTIMIZERS']).OPTIMIZERS)}")
+    r.add_argument("--optimizers", help=f"comma-separated, from {', '.join(OPTIMIZERS)}")
     r.add_argument("--seeds", help="e.g. 0-4 or 0,2")
     r.add_argument("--iterations", type=int, help="iteration budget per run")
     r.add_argument("--hidden", type=int)
     r.add_argument("--pairs", default="finite_difference", choices=("hvp", "finite_difference", "whitening"))
     r.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    r.add_argument("--model", default="rnn", choices=("rnn", "lstm"),
+    r.add_argument("--model", default="rnn", choices=MODELS,
                    help="the RNN of eq. (1) (default) or the LSTM baseline")
     r.add_argument("--out", required=True, help="folder of result files")
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
