@@ -13,7 +13,7 @@ check that claim with the same loop and optimizers.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .rnn import RNN
 
