@@ -265,6 +265,37 @@ def final_table(df):
     return out.reset_index(drop=True)
 
 
+CHANCE_MSE: float = 1 / 24
+"""Test MSE of the constant prediction 0.5 on the addition variant (the plateau of Fig. 1)."""
+
+
+def plateau_exit(df, fraction: float = 0.5, chance: float = CHANCE_MSE):
+    """When each run left the plateau: the first evaluation whose test MSE is below
+    ``fraction * chance`` (default: half the MSE of predicting 0.5), one row per
+    (optimizer, seed) of ``df`` (from :func:`load_curves`).
+
+    Columns: ``iterations_run``, ``left_plateau`` (bool), ``iteration`` and ``wall_time_s`` of
+    the exit (NaN when the run never left), ``final_test_loss``.
+    """
+    import pandas as pd
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rows = []
+    for (opt, seed), g in df.sort_values("iteration").groupby(["optimizer", "seed"], sort=False):
+        below = g[g["test_loss"] < fraction * chance]
+        hit = below.iloc[0] if len(below) else None
+        rows.append({"optimizer": opt, "seed": seed, "iterations_run": int(g["iteration"].max()),
+                     "left_plateau": hit is not None,
+                     "iteration": float(hit["iteration"]) if hit is not None else float("nan"),
+                     "wall_time_s": float(hit["wall_time"]) if hit is not None else float("nan"),
+                     "final_test_loss": float(g["test_loss"].iloc[-1])})
+    cols = ["optimizer", "seed", "iterations_run", "left_plateau", "iteration", "wall_time_s", "final_test_loss"]
+    out = pd.DataFrame(rows, columns=cols)
+    order = {o: i for i, o in enumerate(OPTIMIZERS)}
+    out = out.sort_values(["optimizer", "seed"], key=lambda s: s.map(order) if s.name == "optimizer" else s)
+    return out.reset_index(drop=True)
+
+
 # -------------------------------------------------------------------------- plotting
 _YLABELS = {"test_loss": "test MSE (addition, T = 100)", "train_loss": "training MSE (lengths 50..100)",
             "test_error": "test error rate (|y - target| >= 0.04)"}

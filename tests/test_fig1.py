@@ -206,6 +206,24 @@ def test_final_table(result_dir):
     assert fig1.final_table(fig1.load_curves(result_dir / "nope")).empty
 
 
+def test_plateau_exit(result_dir):
+    """Exit = first evaluation with test MSE below half the MSE of predicting 0.5 (1/48)."""
+    t = fig1.plateau_exit(fig1.load_curves(result_dir))
+    assert t["optimizer"].tolist() == ["sgd", "sgd", "psgd_kron", "psgd_dense"]
+    assert t["left_plateau"].tolist() == [False, False, True, True]
+    kron = t[t.optimizer == "psgd_kron"].iloc[0]
+    assert kron["iteration"] == 20 and kron["wall_time_s"] == pytest.approx(0.2)   # 0.01 < 1/48
+    assert kron["iterations_run"] == 30 and kron["final_test_loss"] == 0.001
+    sgd = t[t.optimizer == "sgd"]
+    assert sgd["iteration"].isna().all() and sgd["iterations_run"].tolist() == [30, 30]
+    # a stricter threshold: 0.005 < 0.2/24 but 0.01 is not
+    strict = fig1.plateau_exit(fig1.load_curves(result_dir), fraction=0.2).set_index("optimizer")
+    assert strict.loc["psgd_kron", "iteration"] == 30 and strict.loc["psgd_dense", "iteration"] == 20
+    assert fig1.plateau_exit(fig1.load_curves(result_dir / "nope")).empty
+    with pytest.raises(ValueError, match="fraction"):
+        fig1.plateau_exit(fig1.load_curves(result_dir), fraction=1.5)
+
+
 @pytest.mark.parametrize("x", ["iteration", "wall_time"])
 def test_plot_curves(result_dir, x):
     df = fig1.load_curves(result_dir)
