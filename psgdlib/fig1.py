@@ -305,12 +305,13 @@ _XLABELS = {"iteration": "iteration", "wall_time": "wall time (s, training only)
 def plot_curves(df, x: str = "iteration", y: str = "test_loss", ax=None,
                 optimizers: Sequence[str] | None = None, logy: bool = True, chance: float | None = None,
                 title: str | None = None):
-    """Learning curves of ``df`` (from :func:`load_curves`): the mean over seeds as a bold line,
-    every seed as a faint line.
+    """Learning curves of ``df`` (from :func:`load_curves`): the median over seeds as a bold line
+    (robust when one seed stays on the plateau while the others fall by decades), every seed as a
+    faint line.
 
     ``x``: ``"iteration"`` or ``"wall_time"``; ``y``: ``"test_loss"``, ``"train_loss"`` or
     ``"test_error"``.  The mean is taken at the evaluation points every seed reached
-    (wall time averaged too).  ``chance`` draws a dotted reference line (e.g. 1/24 for the
+    (the median of the wall times too).  ``chance`` draws a dotted reference line (e.g. 1/24 for the
     test MSE of predicting 0.5).  Returns the axes.
     """
     import matplotlib.pyplot as plt
@@ -333,8 +334,8 @@ def plot_curves(df, x: str = "iteration", y: str = "test_loss", ax=None,
                 ax.plot(g[x], g[y], color=color, alpha=0.25, lw=0.8)
         common = set.intersection(*(set(g["iteration"]) for _, g in d.groupby("seed")))
         m = (d[d["iteration"].isin(common)].groupby("iteration")[[x, y] if x != "iteration" else [y]]
-             .mean().reset_index().sort_values("iteration"))
-        label = LABELS.get(opt, opt) + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else "")
+             .median().reset_index().sort_values("iteration"))
+        label = LABELS.get(opt, opt) + (f" (median of {len(seeds)} seeds)" if len(seeds) > 1 else "")
         ax.plot(m[x], m[y], color=color, lw=2, label=label)
     if chance is not None:
         ax.axhline(chance, color="k", ls=":", lw=1, label="chance (predict 0.5)")

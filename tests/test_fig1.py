@@ -231,12 +231,19 @@ def test_plot_curves(result_dir, x):
     out = fig1.plot_curves(df, x=x, ax=ax, chance=1 / 24)
     assert out is ax and ax.get_yscale() == "log"
     assert ax.get_xlabel() and ax.get_ylabel()
-    # sgd: 2 faint seed lines + mean; kron and dense: mean only; plus the chance line
+    # sgd: 2 faint seed lines + median; kron and dense: one line each; plus the chance line
     assert len(ax.get_lines()) == 2 + 1 + 1 + 1 + 1
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("SGD" in s and "2 seeds" in s for s in labels)
-    sgd_mean = [l for l in ax.get_lines() if "SGD (clipped" in str(l.get_label())][0]
-    assert list(sgd_mean.get_ydata()) == pytest.approx([0.041, 0.0395, 0.037])
+    sgd_mid = [l for l in ax.get_lines() if "SGD (clipped" in str(l.get_label())][0]
+    assert list(sgd_mid.get_ydata()) == pytest.approx([0.041, 0.0395, 0.037])
+    plt.close(fig)
+    # three seeds, one of which falls by decades: the bold line is the median run, not the mean
+    _write_result(result_dir, "sgd", 2, [10, 20, 30], [0.041, 1e-4, 1e-5])
+    fig, ax = plt.subplots()
+    fig1.plot_curves(fig1.load_curves(result_dir), x=x, ax=ax)
+    sgd_mid = [l for l in ax.get_lines() if "median of 3 seeds" in str(l.get_label())][0]
+    assert list(sgd_mid.get_ydata()) == pytest.approx([0.041, 0.039, 0.036])
     plt.close(fig)
     with pytest.raises(ValueError):
         fig1.plot_curves(df, x="epoch")
