@@ -247,6 +247,13 @@ def load_curves(dirs: str | os.PathLike | Iterable[str | os.PathLike], problem: 
     return df[df["source"].isin(keep)].reset_index(drop=True)
 
 
+def _by_optimizer_and_seed(table):
+    """Rows sorted in the order of :data:`OPTIMIZERS` (SGD, Kron, dense), then by seed."""
+    order = {o: i for i, o in enumerate(OPTIMIZERS)}
+    table = table.sort_values(["optimizer", "seed"], key=lambda s: s.map(order) if s.name == "optimizer" else s)
+    return table.reset_index(drop=True)
+
+
 def final_table(df):
     """Last evaluation of every run, one row per (optimizer, seed), plus ms/iteration."""
     import pandas as pd
@@ -260,9 +267,7 @@ def final_table(df):
         "final_test_error": last["test_error"], "wall_time_s": last["wall_time"],
         "ms_per_iteration": 1000 * last["wall_time"] / last["iteration"],
     })
-    order = {o: i for i, o in enumerate(OPTIMIZERS)}
-    out = out.sort_values(["optimizer", "seed"], key=lambda s: s.map(order) if s.name == "optimizer" else s)
-    return out.reset_index(drop=True)
+    return _by_optimizer_and_seed(out)
 
 
 CHANCE_MSE: float = 1 / 24
@@ -291,9 +296,7 @@ def plateau_exit(df, fraction: float = 0.5, chance: float = CHANCE_MSE):
                      "final_test_loss": float(g["test_loss"].iloc[-1])})
     cols = ["optimizer", "seed", "iterations_run", "left_plateau", "iteration", "wall_time_s", "final_test_loss"]
     out = pd.DataFrame(rows, columns=cols)
-    order = {o: i for i, o in enumerate(OPTIMIZERS)}
-    out = out.sort_values(["optimizer", "seed"], key=lambda s: s.map(order) if s.name == "optimizer" else s)
-    return out.reset_index(drop=True)
+    return _by_optimizer_and_seed(out)
 
 
 # -------------------------------------------------------------------------- plotting
@@ -402,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    plot_curves(df, x="iteration", ax=axes[0], chance=1 / 24)
-    plot_curves(df, x="wall_time", ax=axes[1], chance=1 / 24)
+    plot_curves(df, x="iteration", ax=axes[0], chance=CHANCE_MSE)
+    plot_curves(df, x="wall_time", ax=axes[1], chance=CHANCE_MSE)
     fig.tight_layout()
     fig.savefig(a.save, dpi=120)
     print("wrote", a.save)
