@@ -25,7 +25,7 @@ from . import tasks as _tasks
 from .utils import PROFILES, atomic_write_json, get_profile, provenance
 
 __all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid",
-           "load_results", "table1", "table2", "time_to_solve", "main"]
+           "load_results", "table1", "table2", "time_to_solve", "reproduction_cost", "main"]
 
 PAPER_BUDGET = 100_000
 
@@ -308,6 +308,38 @@ def _ints(s: str) -> list[int]:
         elif part:
             out.append(int(part))
     return out
+
+
+def reproduction_cost(df, Ts: Sequence[int] = (30, 50, 100, 200), runs: int = 5,
+                      budget: int = PAPER_BUDGET, optimizer: str = "psgd_kron", model: str = "rnn"):
+    """Worst-case compute of a Table I reproduction, from the training times stored in ``df``.
+
+    For every problem with stored runs and every ``T``: the training seconds per iteration of
+    the stored runs at that ``T`` (their total ``wall_time`` over their total ``iterations_run``,
+    so long runs weigh most), or, where none is stored, that of the longest stored ``T`` scaled
+    by ``T / T_stored`` (back-propagation through time costs O(T) per iteration).  ``worst case (core-h)`` is ``runs`` runs that all
+    use the whole ``budget``.  Returns a table indexed by (T, problem) with the columns
+    ``seconds per 1000 iterations``, ``rate`` (where it came from), ``worst case (core-h)``.
+    """
+    import pandas as pd
+    d = df[(df["optimizer"] == optimizer) & (df["model"] == model) & (df["iterations_run"] > 0)]
+    d = d.dropna(subset=["wall_time"])
+    rows = []
+    for p in [p for p in _P if p in set(d["problem"])] + sorted(set(d["problem"]) - set(_P)):
+        per_T = d[d["problem"] == p].groupby("T").agg(seconds=("wall_time", "sum"),
+                                                      iterations=("iterations_run", "sum"),
+                                                      runs=("seed", "size"))
+        per_T["spi"] = per_T["seconds"] / per_T["iterations"]
+        for T in Ts:
+            if T in per_T.index:
+                spi, rate = per_T.loc[T, "spi"], f"measured ({int(per_T.loc[T, 'runs'])} runs)"
+            else:
+                T0 = int(per_T.index.max())
+                spi, rate = per_T.loc[T0, "spi"] * T / T0, f"scaled from T={T0}"
+            rows.append({"T": T, "problem": p, "seconds per 1000 iterations": 1000 * spi,
+                         "rate": rate, "worst case (core-h)": runs * budget * spi / 3600})
+    cols = ["T", "problem", "seconds per 1000 iterations", "rate", "worst case (core-h)"]
+    return pd.DataFrame(rows, columns=cols).set_index(["T", "problem"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

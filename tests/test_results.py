@@ -328,3 +328,36 @@ def test_time_to_solve_table_from_files(tmp_path):
     assert t.loc[("sgd", 30), "iterations to solve"] == "-"
     lt = ex.time_to_solve(ex.load_results(d), "addition", model="lstm")
     assert list(lt.index) == [("sgd", 30)] and lt.loc[("sgd", 30), "solved"] == 1
+
+
+def test_reproduction_cost_from_stored_times(tmp_path):
+    """Seconds per iteration are measured where runs exist (total time / total iterations) and
+    scaled linearly in T elsewhere;
+    the worst case is runs x budget x seconds per iteration."""
+    d = tmp_path / "runs"
+    d.mkdir()
+
+    def put(problem, T, seed, seconds, iterations_run, **kw):
+        _fake_run(d, problem, T, seed, solved=iterations_run < PAPER_BUDGET, iterations_run=iterations_run, **kw)
+        f = d / ex.run_name(dict(problem=problem, T=T, optimizer=kw.get("optimizer", "psgd_kron"),
+                                 pairs="finite_difference", hidden=100, iterations=PAPER_BUDGET, seed=seed))
+        r = json.loads(f.read_text())
+        r["wall_time"] = seconds
+        f.write_text(json.dumps(r))
+
+    put("xor", 30, 0, 10.0, 1000)            # 10 ms / iteration
+    put("xor", 30, 1, 90.0, 3000)            # 30 ms: together 100 s / 4000 iterations = 25 ms
+    put("xor", 50, 0, 40.0, 1000)            # 40 ms at T=50
+    put("addition", 30, 0, 1000.0, PAPER_BUDGET)   # 10 ms
+    put("addition", 30, 1, 1.0, 10, optimizer="sgd")   # other optimizer: ignored
+    c = ex.reproduction_cost(ex.load_results(d), Ts=(30, 50, 100), runs=5)
+    assert list(c.index.get_level_values("problem").unique()) == ["addition", "xor"]
+    assert c.loc[(30, "xor"), "seconds per 1000 iterations"] == pytest.approx(25.0)
+    assert c.loc[(30, "xor"), "rate"] == "measured (2 runs)"
+    assert c.loc[(50, "xor"), "rate"] == "measured (1 runs)"
+    assert c.loc[(100, "xor"), "seconds per 1000 iterations"] == pytest.approx(80.0)   # 40 ms * 100/50
+    assert c.loc[(100, "xor"), "rate"] == "scaled from T=50"
+    assert c.loc[(50, "addition"), "seconds per 1000 iterations"] == pytest.approx(10.0 * 50 / 30)
+    assert c.loc[(30, "addition"), "worst case (core-h)"] == pytest.approx(5 * PAPER_BUDGET * 0.01 / 3600)
+    assert c.loc[(100, "xor"), "worst case (core-h)"] == pytest.approx(5 * PAPER_BUDGET * 0.08 / 3600)
+    assert ex.reproduction_cost(ex.load_results(d), optimizer="adam").empty
