@@ -60,6 +60,12 @@ PAPER_TABLE2: dict[str, tuple[str, str, str]] = dict(zip(_P, (
 )))
 
 
+def _paper_order(problems) -> list[str]:
+    """The distinct ``problems`` in the paper's order (Tables I/II), unknown ones sorted after."""
+    present = set(problems)
+    return [p for p in _P if p in present] + sorted(present - set(_P))
+
+
 def run_name(cfg: dict) -> str:
     """File name of a run: everything that distinguishes runs of one grid."""
     tail = "" if cfg.get("stop_when_solved", True) else "_full"
@@ -204,9 +210,7 @@ def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
     """
     import pandas as pd
     d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
-    present = set(d["problem"])
-    order = list(problems) if problems is not None else (
-        [p for p in _P if p in present] + sorted(present - set(_P)))
+    order = list(problems) if problems is not None else _paper_order(d["problem"])
     Ts = sorted(Ts) if Ts is not None else sorted(set(d["T"]))
     d = d[d["problem"].isin(order) & d["T"].isin(Ts)]
     table = pd.DataFrame(index=order, columns=[f"T={T}" for T in Ts], dtype=object)
@@ -245,13 +249,13 @@ def table2(df, optimizer: str = "psgd_kron", with_paper: bool = True, model: str
     import pandas as pd
     d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
     rows = []
-    for p in [p for p in _P if p in set(d["problem"])]:
+    for p in _paper_order(d["problem"]):
         g = d[d["problem"] == p]
         row = {"problem": p, "this repo": longest_T_without_failure(g),
                "T tested": ", ".join(str(t) for t in sorted(set(g["T"]))),
                "budget": f"{int(g['budget'].min()):,}"}
         if with_paper:
-            row.update(zip(("HF Tikhonov", "HF structural", "PSGD (paper)"), PAPER_TABLE2[p]))
+            row.update(zip(("HF Tikhonov", "HF structural", "PSGD (paper)"), PAPER_TABLE2.get(p, ("-",) * 3)))
         rows.append(row)
     return pd.DataFrame(rows).set_index("problem") if rows else pd.DataFrame()
 
@@ -298,18 +302,6 @@ def time_to_solve(df, problem: str, Ts: Sequence[int] | None = None,
     return pd.DataFrame(rows, columns=cols).set_index(["optimizer", "T"])
 
 
-# ----------------------------------------------------------------------------- CLI
-def _ints(s: str) -> list[int]:
-    out: list[int] = []
-    for part in s.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
-
-
 def reproduction_cost(df, Ts: Sequence[int] = (30, 50, 100, 200), runs: int = 5,
                       budget: int = PAPER_BUDGET, optimizer: str = "psgd_kron", model: str = "rnn"):
     """Worst-case compute of a Table I reproduction, from the training times stored in ``df``.
@@ -317,15 +309,16 @@ def reproduction_cost(df, Ts: Sequence[int] = (30, 50, 100, 200), runs: int = 5,
     For every problem with stored runs and every ``T``: the training seconds per iteration of
     the stored runs at that ``T`` (their total ``wall_time`` over their total ``iterations_run``,
     so long runs weigh most), or, where none is stored, that of the longest stored ``T`` scaled
-    by ``T / T_stored`` (back-propagation through time costs O(T) per iteration).  ``worst case (core-h)`` is ``runs`` runs that all
-    use the whole ``budget``.  Returns a table indexed by (T, problem) with the columns
-    ``seconds per 1000 iterations``, ``rate`` (where it came from), ``worst case (core-h)``.
+    by ``T / T_stored`` (back-propagation through time costs O(T) per iteration).
+    ``worst case (core-h)`` is ``runs`` runs that all use the whole ``budget``.  Returns a
+    table indexed by (T, problem) with the columns ``seconds per 1000 iterations``, ``rate``
+    (where it came from) and ``worst case (core-h)``.
     """
     import pandas as pd
     d = df[(df["optimizer"] == optimizer) & (df["model"] == model) & (df["iterations_run"] > 0)]
     d = d.dropna(subset=["wall_time"])
     rows = []
-    for p in [p for p in _P if p in set(d["problem"])] + sorted(set(d["problem"]) - set(_P)):
+    for p in _paper_order(d["problem"]):
         per_T = d[d["problem"] == p].groupby("T").agg(seconds=("wall_time", "sum"),
                                                       iterations=("iterations_run", "sum"),
                                                       runs=("seed", "size"))
@@ -340,6 +333,18 @@ def reproduction_cost(df, Ts: Sequence[int] = (30, 50, 100, 200), runs: int = 5,
                          "rate": rate, "worst case (core-h)": runs * budget * spi / 3600})
     cols = ["T", "problem", "seconds per 1000 iterations", "rate", "worst case (core-h)"]
     return pd.DataFrame(rows, columns=cols).set_index(["T", "problem"])
+
+
+# ----------------------------------------------------------------------------- CLI
+def _ints(s: str) -> list[int]:
+    out: list[int] = []
+    for part in s.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,6 +100,12 @@ def test_tables_are_computed_from_the_files(tmp_path):
     short = short[short["optimizer"] == "sgd"]
     assert ex.longest_T_without_failure(short) == "- (T=30: not solved within 20,000)"
     assert t2.loc["xor", "PSGD (paper)"] == "50"
+    assert list(t1.index) == list(t2.index) == ["addition", "xor"]  # the paper's row order
+
+
+def test_paper_order_puts_unknown_problems_last():
+    assert ex._paper_order(["zeta", "xor", "addition", "xor", "alpha"]) == [
+        "addition", "xor", "alpha", "zeta"]
 
 
 def test_runner_resumes_after_being_killed(tmp_path):
