@@ -66,6 +66,23 @@ def _paper_order(problems) -> list[str]:
     return [p for p in _P if p in present] + sorted(present - set(_P))
 
 
+_SETTINGS = ("hidden", "pairs", "lr", "clip")
+
+
+def _one_setting_per_cell(d) -> None:
+    """Raise ``ValueError`` when runs of one (problem, T) cell differ in a setting of
+    ``_SETTINGS`` (e.g. step size): a failed/total count over mixed settings means nothing."""
+    cols = [c for c in _SETTINGS if c in d.columns]
+    if not len(d) or not cols:
+        return
+    n = d.assign(**{c: d[c].astype(str) for c in cols}).groupby(["problem", "T"])[cols].nunique()
+    bad = n[(n > 1).any(axis=1)]
+    if len(bad):
+        cells = ", ".join(f"{p} T={T}" for p, T in bad.index)
+        raise ValueError(f"runs with different settings ({', '.join(cols)}) share a cell: {cells}; "
+                         "select one setting first, e.g. df[df['lr'] == 0.01]")
+
+
 def run_name(cfg: dict) -> str:
     """File name of a run: everything that distinguishes runs of one grid."""
     tail = "" if cfg.get("stop_when_solved", True) else "_full"
@@ -152,9 +169,9 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
 
     ``budget`` is the number of iterations a run was allowed: its configured
     budget, or, for an unsolved run stopped by a time limit, the iterations it
-    actually ran.  When the same run (problem, T, model, optimizer, pairs, hidden, seed)
-    is stored more than once (e.g. rerun with a larger budget), only the copy with
-    the largest budget is kept.
+    actually ran.  When the same run (problem, T, model, optimizer, pairs, hidden, step
+    size, clip, seed) is stored more than once (e.g. rerun with a larger budget), only the
+    copy with the largest budget is kept; runs that differ in a setting are all kept.
     """
     import pandas as pd
     if isinstance(dirs, (str, os.PathLike)):
@@ -184,8 +201,8 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
             "hardware", "commit", "date"]
     df = pd.DataFrame(rows, columns=cols)
     if len(df):
-        key = ["problem", "T", "model", "optimizer", "pairs", "hidden", "seed"]
-        df = (df.sort_values("budget").drop_duplicates(key, keep="last")
+        key = ["problem", "T", "model", "optimizer", "pairs", "hidden", "lr", "clip", "seed"]
+        df = (df.sort_values("budget", kind="stable").drop_duplicates(key, keep="last")
               .sort_values(key).reset_index(drop=True))
     return df
 
@@ -210,6 +227,7 @@ def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
     """
     import pandas as pd
     d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
+    _one_setting_per_cell(d)
     order = list(problems) if problems is not None else _paper_order(d["problem"])
     Ts = sorted(Ts) if Ts is not None else sorted(set(d["T"]))
     d = d[d["problem"].isin(order) & d["T"].isin(Ts)]
@@ -248,6 +266,7 @@ def table2(df, optimizer: str = "psgd_kron", with_paper: bool = True, model: str
     """Table II: longest T without a failure, this repository's runs next to the paper's."""
     import pandas as pd
     d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
+    _one_setting_per_cell(d)
     rows = []
     for p in _paper_order(d["problem"]):
         g = d[d["problem"] == p]

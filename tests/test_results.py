@@ -129,7 +129,8 @@ def _latest(runs: list[dict]) -> list[dict]:
     best: dict[tuple, dict] = {}
     for r in runs:
         c = r["config"]
-        key = (_model(r), c["problem"], int(c["T"]), c["optimizer"], c["pairs"], int(c["hidden"]), int(c["seed"]))
+        key = (_model(r), c["problem"], int(c["T"]), c["optimizer"], c["pairs"], int(c["hidden"]),
+               c.get("lr"), c.get("clip"), int(c["seed"]))
         if key not in best or _effective_budget(r) > _effective_budget(best[key]):
             best[key] = r
     return list(best.values())

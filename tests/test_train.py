@@ -103,6 +103,20 @@ def test_tables_are_computed_from_the_files(tmp_path):
     assert list(t1.index) == list(t2.index) == ["addition", "xor"]  # the paper's row order
 
 
+def test_tables_refuse_cells_that_mix_settings(tmp_path):
+    """A larger step size stored beside the paper's runs must not be counted in the same cell."""
+    for s in range(2):
+        (tmp_path / f"a{s}.json").write_text(json.dumps(_fake_result("addition", 30, s, True)))
+    other = _fake_result("addition", 30, 0, False)
+    other["config"]["lr"], other["config"]["clip"] = 0.05, 1.0
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    df = ex.load_results(tmp_path)
+    for table in (ex.table1, ex.table2):
+        with pytest.raises(ValueError, match="addition T=30"):
+            table(df)
+    assert ex.table1(df[df["lr"] == 0.01]).loc["addition", "T=30"] == "0/2"
+
+
 def test_paper_order_puts_unknown_problems_last():
     assert ex._paper_order(["zeta", "xor", "addition", "xor", "alpha"]) == [
         "addition", "xor", "alpha", "zeta"]
