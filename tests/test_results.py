@@ -362,3 +362,20 @@ def test_reproduction_cost_from_stored_times(tmp_path):
     assert c.loc[(30, "addition"), "worst case (core-h)"] == pytest.approx(5 * PAPER_BUDGET * 0.01 / 3600)
     assert c.loc[(100, "xor"), "worst case (core-h)"] == pytest.approx(5 * PAPER_BUDGET * 0.08 / 3600)
     assert ex.reproduction_cost(ex.load_results(d), optimizer="adam").empty
+
+
+def test_step_size_reruns_match_a_table1_run():
+    """Each run under results/step_size/ reruns a stored Table I run (same problem, T, seed,
+    model, optimizer, hidden, pairs and budget) with a different step size: the comparison
+    drawn on the results page is like for like, and the rerun stays out of Table I."""
+    ref = {}
+    for r in _runs([RESULTS / "table1"]):
+        c = r["config"]
+        ref[(_model(r), c["optimizer"], c["problem"], int(c["T"]), int(c["seed"]), int(c["hidden"]),
+             c["pairs"], int(c["iterations"]))] = c.get("lr")
+    for r in _runs([RESULTS / "step_size"]):
+        c = r["config"]
+        key = (_model(r), c["optimizer"], c["problem"], int(c["T"]), int(c["seed"]), int(c["hidden"]),
+               c["pairs"], int(c["iterations"]))
+        assert key in ref, f"no Table I run to compare with: {key}"
+        assert c.get("lr") != ref[key], f"same step size as the Table I run: {key}"
