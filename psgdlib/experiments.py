@@ -321,6 +321,47 @@ def time_to_solve(df, problem: str, Ts: Sequence[int] | None = None,
     return pd.DataFrame(rows, columns=cols).set_index(["optimizer", "T"])
 
 
+_TWIN = ["problem", "T", "seed", "model", "optimizer", "hidden", "pairs", "budget"]
+
+
+def rerun_pairs(base, reruns):
+    """Each run of ``reruns`` next to its twin in ``base``: one row per rerun.
+
+    A twin is the run with the same problem, T, seed, model, optimizer, hidden size, pairs
+    and budget -- so the same initial weights and minibatches -- trained with another step
+    size or clip (e.g. a Table I run and its rerun with a larger step).  Indexed by
+    (problem, T, seed); the columns ``lr``, ``clip``, ``solved``, ``iterations`` (to solve,
+    or run when unsolved) and ``final_test_error`` appear once per side, under ``"base"``
+    and ``"rerun"``.  Raises ``ValueError`` when a rerun has no twin, or has the same step
+    size and clip as its twin (then it is not a rerun with another setting).
+    """
+    import pandas as pd
+    cols = ["lr", "clip", "solved", "iterations", "final_test_error"]
+
+    def side(d):
+        d = d.copy()
+        d["iterations"] = d["iterations_to_solve"].where(d["solved"], d["iterations_run"]).astype("Int64")
+        return d[_TWIN + cols]
+
+    if reruns.empty:
+        return pd.DataFrame(columns=pd.MultiIndex.from_product([["base", "rerun"], cols]))
+    m = side(reruns).merge(side(base), on=_TWIN, how="left", suffixes=("_rerun", "_base"),
+                           indicator=True)
+    if len(m) > len(reruns):
+        raise ValueError("a rerun matches several base runs: give one base run per (problem, T, seed, model, "
+                         "optimizer, hidden, pairs, budget)")
+    lost = m[m["_merge"] == "left_only"]
+    if len(lost):
+        raise ValueError("reruns without a twin run (same problem, T, seed, model, optimizer, hidden, "
+                         f"pairs, budget) in the base runs: {lost[_TWIN].to_dict('records')}")
+    same = m[(m["lr_rerun"] == m["lr_base"]) & (m["clip_rerun"].fillna(-1) == m["clip_base"].fillna(-1))]
+    if len(same):
+        raise ValueError(f"reruns with the same step size and clip as their twin: {same[_TWIN].to_dict('records')}")
+    out = pd.DataFrame({(s, c): m[f"{c}_{s}"] for s in ("base", "rerun") for c in cols})
+    out.index = pd.MultiIndex.from_frame(m[["problem", "T", "seed"]])
+    return out.sort_index()
+
+
 def reproduction_cost(df, Ts: Sequence[int] = (30, 50, 100, 200), runs: int = 5,
                       budget: int = PAPER_BUDGET, optimizer: str = "psgd_kron", model: str = "rnn"):
     """Worst-case compute of a Table I reproduction, from the training times stored in ``df``.

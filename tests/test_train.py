@@ -117,6 +117,41 @@ def test_tables_refuse_cells_that_mix_settings(tmp_path):
     assert ex.table1(df[df["lr"] == 0.01]).loc["addition", "T=30"] == "0/2"
 
 
+def test_rerun_pairs_sets_each_rerun_next_to_its_twin(tmp_path):
+    base_dir, rerun_dir = tmp_path / "base", tmp_path / "reruns"
+    base_dir.mkdir(), rerun_dir.mkdir()
+    for s in range(3):
+        (base_dir / f"a{s}.json").write_text(json.dumps(_fake_result("addition", 50, s, s == 2)))
+
+    def rerun(seed, solved, lr=0.05, budget=100_000):
+        r = _fake_result("addition", 50, seed, solved, budget)
+        r["config"]["lr"], r["config"]["clip"] = lr, 1.0
+        return r
+
+    for s, ok in ((0, True), (1, False)):
+        (rerun_dir / f"b{s}.json").write_text(json.dumps(rerun(s, ok)))
+    base, reruns = ex.load_results(base_dir), ex.load_results(rerun_dir)
+    pairs = ex.rerun_pairs(base, reruns)
+    assert list(pairs.index) == [("addition", 50, 0), ("addition", 50, 1)]   # seed 2 was not rerun
+    assert pairs.loc[("addition", 50, 0), ("base", "lr")] == 0.01
+    assert pairs.loc[("addition", 50, 0), ("rerun", "lr")] == 0.05
+    assert not pairs[("base", "solved")].any() and list(pairs[("rerun", "solved")]) == [True, False]
+    # iterations: to solve when solved, else the iterations run
+    assert list(pairs[("base", "iterations")]) == [100_000, 100_000]
+    assert list(pairs[("rerun", "iterations")]) == [500, 100_000]
+    assert ex.rerun_pairs(base, reruns.iloc[:0]).empty
+
+    (rerun_dir / "c.json").write_text(json.dumps(rerun(5, True)))          # no seed-5 run in base
+    with pytest.raises(ValueError, match="without a twin"):
+        ex.rerun_pairs(base, ex.load_results(rerun_dir))
+    (rerun_dir / "c.json").write_text(json.dumps(rerun(2, True, budget=20_000)))   # other budget
+    with pytest.raises(ValueError, match="without a twin"):
+        ex.rerun_pairs(base, ex.load_results(rerun_dir))
+    (rerun_dir / "c.json").unlink()
+    with pytest.raises(ValueError, match="same step size"):
+        ex.rerun_pairs(base, base)
+
+
 def test_paper_order_puts_unknown_problems_last():
     assert ex._paper_order(["zeta", "xor", "addition", "xor", "alpha"]) == [
         "addition", "xor", "alpha", "zeta"]
