@@ -138,15 +138,23 @@ def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
 
 def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1, device: str | None = None,
              max_seconds: float | None = None, progress: bool = True,
-             command: str | None = None) -> list[Path]:
-    """Run every config not already done; ``jobs`` processes with one torch thread each."""
+             command: str | None = None, threads: int | None = None) -> list[Path]:
+    """Run every config not already done, in ``jobs`` processes.
+
+    ``threads`` is the number of torch threads per run: default 1 when ``jobs > 1``,
+    else torch's default (all cores).  Give 1 when other runs share the machine:
+    two processes with two threads each on two cores run several times slower
+    than two with one thread each."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     out_dir = Path(out_dir)
     todo = [c for c in configs if not (out_dir / run_name(c)).exists()]
     done = [out_dir / run_name(c) for c in configs if c not in todo]
     if progress:
         print(f"{len(configs)} runs in the grid, {len(done)} already done, {len(todo)} to run", flush=True)
     if jobs <= 1 or len(todo) <= 1:
-        threads = None if jobs <= 1 else 1
+        if threads is None and jobs > 1:
+            threads = 1
         for c in todo:
             done.append(run_file(c, out_dir, device, max_seconds, threads=threads, progress=progress,
                                  command=command))
@@ -155,7 +163,7 @@ def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1,
         return done
     import multiprocessing as mp
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(run_file, c, out_dir, device, max_seconds, 1, False, command) for c in todo]
+        futs = [ex.submit(run_file, c, out_dir, device, max_seconds, threads or 1, False, command) for c in todo]
         for f in as_completed(futs):
             done.append(f.result())
             if progress:
@@ -426,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the RNN of eq. (1) (default) or the LSTM baseline")
     r.add_argument("--out", required=True, help="folder of result files")
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: 1 with --jobs > 1, else all cores); "
+                        "use 1 when several runs share the machine")
     r.add_argument("--device", default=None)
     r.add_argument("--lr", type=float, help="step size (default: 0.01 PSGD/SGD, 0.001 Adam)")
     r.add_argument("--clip", type=float,
@@ -452,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        eval_every=a.eval_every or prof["eval_every"], n_test=a.n_test or prof["n_test"],
                        lr=a.lr, clip=a.clip, pairs=a.pairs, dtype=a.dtype, model=a.model,
                        stop_when_solved=not a.no_stop)
-        run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds)
+        command = None if argv is None else " ".join(["python -m psgdlib.experiments", *argv])
+        run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds,
+                 threads=a.threads, command=command)
         return 0
     df = load_results(a.out)
     if df.empty:

@@ -203,3 +203,20 @@ def test_float64_finite_difference_path_end_to_end():
     r = train(TrainConfig("temporal_order_2bit", 10, hidden=20, iterations=3000, eval_every=50,
                           n_test=2000, dtype="float64", pairs="finite_difference"), progress=False)
     assert r["config"]["dtype"] == "float64" and r["solved"]
+
+
+def test_threads_option_sets_torch_threads_per_run(tmp_path):
+    """--threads 1 runs each job on one torch thread (two 2-thread processes on two cores
+    oversubscribe and run several times slower); the provenance records the count."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert ex.main(["run", "--profile", "smoke", "--problems", "addition", "--T", "10", "--seeds", "0",
+                        "--iterations", "50", "--threads", "1", "--out", str(tmp_path)]) == 0
+        r = json.loads(next(tmp_path.glob("*.json")).read_text())
+        assert r["provenance"]["hardware"].endswith(", 1 torch threads")
+        assert "--threads 1" in r["provenance"]["command"]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        ex.run_grid([], tmp_path, threads=0)
