@@ -220,3 +220,13 @@ def test_threads_option_sets_torch_threads_per_run(tmp_path):
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="threads must be >= 1"):
         ex.run_grid([], tmp_path, threads=0)
+
+
+def test_load_results_keeps_the_longest_copy_of_a_rerun(tmp_path):
+    """A seed stopped at 20,000 iterations and rerun with 10^5 counts once, with the longer budget."""
+    (tmp_path / "short.json").write_text(json.dumps(_fake_result("xor", 30, 0, False, 20_000)))
+    (tmp_path / "long.json").write_text(json.dumps(_fake_result("xor", 30, 0, True, 100_000)))
+    (tmp_path / "other_seed.json").write_text(json.dumps(_fake_result("xor", 30, 1, False, 20_000)))
+    df = ex.load_results(tmp_path)
+    assert sorted(zip(df["seed"], df["budget"], df["solved"])) == [(0, 100_000, True), (1, 20_000, False)]
+    assert ex.table1(df).loc["xor", "T=30"] == "1/2 (budget 20,000)"
