@@ -125,10 +125,11 @@ def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
     config = TrainConfig(**cfg)
     try:
         result = train(config, device=device, progress=progress, max_seconds=max_seconds)
-    except NonFiniteLossError as e:
-        result = {"config": asdict(config.resolved()), "solved": False, "iterations_to_solve": None,
-                  "iterations_to_0.1pct": None, "iterations_run": None, "stopped": "non_finite",
-                  "error": str(e), "final_test_error": None, "wall_time": None, "curve": None}
+    except NonFiniteLossError as e:   # a genuine failure: keep what the run did before it diverged
+        result = e.partial if e.partial is not None else {
+            "config": asdict(config.resolved()), "solved": False, "iterations_to_solve": None,
+            "iterations_to_0.1pct": None, "iterations_run": None, "stopped": "non_finite",
+            "error": str(e), "final_test_error": None, "wall_time": None, "curve": None}
     if command is None:
         command = " ".join(["python -m psgdlib.experiments"] + sys.argv[1:])
     result["provenance"] = provenance(device, command=command)

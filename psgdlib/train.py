@@ -29,7 +29,15 @@ SOLVED_STRICT = 0.001  # also recorded: the first evaluation below 0.1%
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
+
+    ``partial`` is what the run did before it diverged, in the form :func:`train` returns
+    (``stopped="non_finite"``, ``iterations_run``, ``wall_time`` and the curve of every finite
+    evaluation; ``final_test_error`` is None: the weights are no longer finite), or None."""
+
+    def __init__(self, message: str, partial: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 @dataclass
@@ -182,8 +190,11 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
             mean_loss = float(loss_sum) / loss_count
             if not math.isfinite(mean_loss):
                 bar.close()
-                raise NonFiniteLossError(f"{c.problem} T={c.T} {c.optimizer} seed {c.seed}: the training "
-                                         f"loss became non-finite before iteration {it}")
+                msg = (f"{c.problem} T={c.T} {c.optimizer} seed {c.seed}: the training "
+                       f"loss became non-finite before iteration {it}")
+                partial = _result(c, hist, solved_at, strict_at, it, "non_finite", train_time)
+                partial.update(final_test_error=None, error=msg)
+                raise NonFiniteLossError(msg, partial)
             err, tl = _evaluate(task, model, c.n_test, device, dtype)
             hist.iteration.append(it)
             hist.train_loss.append(mean_loss)
@@ -207,6 +218,12 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
                 stopped = "time_limit"
                 break
     bar.close()
+    return _result(c, hist, solved_at, strict_at, it, stopped, train_time)
+
+
+def _result(c: TrainConfig, hist: History, solved_at: int | None, strict_at: int | None, it: int,
+            stopped: str, train_time: float) -> dict[str, Any]:
+    """The JSON-ready outcome of a run (what :func:`train` returns)."""
     return {
         "config": asdict(c),
         "solved": solved_at is not None,

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,62 @@ def test_run_file_records_divergence_as_failure(tmp_path):
     path = ex.run_file(cfg, tmp_path)
     r = json.loads(path.read_text())
     assert r["solved"] is False and r["stopped"] == "non_finite" and "provenance" in r
+
+
+class _DivergesAfter(torch.nn.Module):
+    """Wraps a model; its training-mode output becomes NaN from the (n+1)-th call on."""
+
+    def __init__(self, inner: torch.nn.Module, n: int):
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.n:
+                out = out * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "psgd_kron"])
+def test_divergence_keeps_what_the_run_did_before(optimizer):
+    """A run that diverges after two finite evaluations reports them: curve, iterations, time."""
+    from psgdlib import tasks
+    from psgdlib.train import build_model
+    cfg = TrainConfig("addition", 10, optimizer=optimizer, hidden=10, iterations=200, eval_every=20,
+                      n_test=100)
+    # PSGD's closure runs the model twice per iteration (the perturbed gradient of eq. (3)'s pairs)
+    per_it = 2 if optimizer.startswith("psgd") else 1
+    model = _DivergesAfter(build_model(tasks.get("addition", 10), 10, 0), n=50 * per_it)
+    with pytest.raises(NonFiniteLossError, match="before iteration 60") as e:
+        train(cfg, progress=False, model=model)
+    r = e.value.partial
+    assert r["stopped"] == "non_finite" and r["solved"] is False and "iteration 60" in r["error"]
+    assert r["iterations_run"] == 60 and r["curve"]["iteration"] == [20, 40]
+    assert all(np.isfinite(r["curve"]["train_loss"])) and len(r["curve"]["test_error"]) == 2
+    assert r["final_test_error"] is None and r["wall_time"] > 0
+    assert r["wall_time"] >= r["curve"]["wall_time"][-1]
+    json.dumps(r)
+
+
+def test_run_file_stores_the_curve_of_a_diverged_run(tmp_path, monkeypatch):
+    """run_file writes the partial result (curve, iterations, wall time) with provenance."""
+    from psgdlib import train as train_mod
+    real = train_mod.train
+
+    def diverging(config, **kw):
+        from psgdlib import tasks
+        m = _DivergesAfter(train_mod.build_model(tasks.get(config.problem, config.T), config.hidden,
+                                                 config.seed), n=50)
+        return real(config, model=m, **kw)
+    monkeypatch.setattr(train_mod, "train", diverging)
+    cfg = ex.grid(["addition"], [10], ["sgd"], [0], hidden=10, iterations=200, eval_every=20, n_test=100)[0]
+    r = json.loads(ex.run_file(cfg, tmp_path).read_text())
+    assert r["stopped"] == "non_finite" and r["iterations_run"] == 60 and r["wall_time"] > 0
+    assert r["curve"]["iteration"] == [20, 40] and "provenance" in r and "non-finite" in r["error"]
+    df = ex.load_results(tmp_path)
+    assert int(df["iterations_run"].iloc[0]) == 60 and not bool(df["solved"].iloc[0])
 
 
 def test_grid_rejects_nonsense():
