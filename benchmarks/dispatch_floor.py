@@ -36,8 +36,9 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _setup(T: int, hidden: int, batch: int):
-    task = tasks.get("addition", T)
+def _setup(T: int, hidden: int, batch: int, problem: str = "addition"):
+    """One PSGD Kron iteration (finite-difference pairs) on a fixed minibatch, as a function."""
+    task = tasks.get(problem, T)
     model = build_model(task, hidden, seed=0)
     opt = PSGD(list(model.parameters()), preconditioner="kron", pairs="finite_difference", seed=0)
     b = task.sample(batch, generator=torch.Generator().manual_seed(0))
