@@ -165,7 +165,7 @@ def test_update_every_and_clipping_and_momentum():
     s1 = w.detach().clone()
     w.grad = torch.ones(2)
     opt.step()
-    assert (w.detach() - s1).norm() == pytest.approx(1.9 * s1.norm(), rel=1e-6)
+    assert (w.detach() - s1).norm().item() == pytest.approx(1.9 * s1.norm().item(), rel=1e-6)
 
 
 def test_nonfinite_pairs_are_skipped_by_the_optimizer():

@@ -99,3 +99,20 @@ def test_bad_input_raises():
         RNN(2, 4, 1, nonlinearity="gelu")
     with pytest.raises(ValueError, match="hidden_dim"):
         RNN(2, 0, 1)
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm"])
+def test_initial_weights_do_not_depend_on_dtype(model):
+    """One seed gives the same starting weights in float32 and float64 (up to float32
+    rounding), and float32 keeps the weights every stored run started from."""
+    from psgdlib import tasks
+    from psgdlib.train import build_model
+    task = tasks.get("addition", 30)
+    m32 = build_model(task, 50, seed=7, dtype=torch.float32, model=model)
+    m64 = build_model(task, 50, seed=7, dtype=torch.float64, model=model)
+    for a, b in zip(m32.parameters(), m64.parameters()):
+        assert a.dtype == torch.float32 and b.dtype == torch.float64
+        assert (a.detach().double() - b.detach()).abs().max().item() < 1e-6
+    # float32 weights: an N(0, 0.1^2) draw of the seed's generator, unchanged by the fix
+    w = torch.randn(m32.W1.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float32) * 0.1
+    assert torch.equal(m32.W1.detach()[:, :2], w[:, :2])

@@ -79,13 +79,17 @@ class RNN(nn.Module):
             impl = "loop"
         self.impl = impl
         Nu, Nx, Ny = self.input_dim, self.hidden_dim, self.output_dim
-        fk = dict(dtype=dtype or torch.get_default_dtype())
-        w1 = torch.randn(self._GATES * Nx, Nu + Nx + 1, generator=generator, **fk) * init_std
+        # Drawn in float32 whatever the dtype, then cast: one seed gives the same initial
+        # weights (up to rounding) in float32 and float64, and float32 runs keep the weights
+        # they always had (every stored result is float32).
+        dt = dtype or torch.get_default_dtype()
+        w1 = (torch.randn(self._GATES * Nx, Nu + Nx + 1, generator=generator, dtype=torch.float32)
+              * init_std).to(dt)
         w1[:, -1] = 0
         for k in range(self._GATES):
             orthogonal_(w1[k * Nx:(k + 1) * Nx, Nu:Nu + Nx], generator)
         rows = Ny - 1 if zero_sum_outputs else Ny
-        w2 = torch.randn(rows, Nx + 1, generator=generator, **fk) * init_std
+        w2 = (torch.randn(rows, Nx + 1, generator=generator, dtype=torch.float32) * init_std).to(dt)
         w2[:, -1] = 0
         self.W1 = nn.Parameter(w1.to(device))
         self.W2 = nn.Parameter(w2.to(device))
