@@ -16,12 +16,15 @@ import itertools
 import json
 import os
 import sys
+import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import tasks as _tasks
+from .settings import SETTINGS
 from .utils import PROFILES, atomic_write_json, get_profile, provenance
 
 __all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid",
@@ -108,23 +111,63 @@ def grid(problems: Iterable[str], Ts: Iterable[int], optimizers: Iterable[str], 
     return out
 
 
+CHECKPOINT_DIR = "_checkpoints"   # mid-run checkpoints, one per unfinished run, under --out
+
+
+def _stored_config_mismatch(path: Path, cfg: dict) -> dict:
+    """The settings in which the finished run stored at ``path`` differs from ``cfg``
+    (resolved); empty when it is the same run.  A file that cannot be read is renamed to
+    ``<name>.corrupt`` (so the run is redone) and reported as ``{"file": "unreadable"}``."""
+    from .train import TrainConfig
+    try:
+        stored = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        bad = path.with_name(path.name + ".corrupt")
+        os.replace(path, bad)
+        print(f"{path}: unreadable result file ({type(e).__name__}: {e}); moved to {bad.name}, "
+              "the run is redone", file=sys.stderr, flush=True)
+        return {"file": "unreadable"}
+    want = asdict(TrainConfig(**cfg).resolved())
+    return {k: (stored.get(k), v) for k, v in want.items() if k in stored and stored[k] != v}
+
+
 def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
              max_seconds: float | None = None, threads: int | None = 1, progress: bool = False,
-             command: str | None = None) -> Path:
+             command: str | None = None, checkpoint_every: int = 2000,
+             pause_after: float | None = None) -> Path | None:
     """Train one run unless its file exists; write the result atomically; return the path.
 
+    The run checkpoints its whole state to ``<out_dir>/_checkpoints/<name>.pt`` every
+    ``checkpoint_every`` iterations and continues from there when restarted (bit-identical to
+    an uninterrupted run); the checkpoint is removed once the result is written.  With
+    ``pause_after`` seconds the run stops at its next evaluation after that long, keeps its
+    checkpoint, writes no result and returns None.  A stored file made with other settings
+    than ``cfg`` raises ``ValueError``; an unreadable one is set aside and the run redone.
     ``command`` is recorded as the provenance command (default: this process's argv)."""
     import torch
 
-    from .train import NonFiniteLossError, TrainConfig, train
+    from .train import NonFiniteLossError, RunPaused, TrainConfig, train
     path = Path(out_dir) / run_name(cfg)
     if path.exists():
-        return path
+        diff = _stored_config_mismatch(path, cfg)
+        if not diff:
+            return path
+        if diff != {"file": "unreadable"}:
+            raise ValueError(f"{path} holds a run with other settings (stored vs requested: {diff}); "
+                             "use another --out folder")
     if threads is not None:
         torch.set_num_threads(threads)
     config = TrainConfig(**cfg)
+    ckpt = Path(out_dir) / CHECKPOINT_DIR / (path.stem + ".pt")
+    if ckpt.exists() and progress is not None:
+        it = torch.load(ckpt, map_location="cpu", weights_only=False).get("state", {}).get("it")
+        print(f"{path.name}: resuming from iteration {it}", flush=True)
     try:
-        result = train(config, device=device, progress=progress, max_seconds=max_seconds)
+        result = train(config, device=device, progress=progress, max_seconds=max_seconds,
+                       checkpoint=ckpt, checkpoint_every=checkpoint_every, pause_after=pause_after)
+    except RunPaused as e:
+        print(f"{path.name}: {e}", flush=True)
+        return None
     except NonFiniteLossError as e:   # a genuine failure: keep what the run did before it diverged
         result = e.partial if e.partial is not None else {
             "config": asdict(config.resolved()), "solved": False, "iterations_to_solve": None,
@@ -134,42 +177,105 @@ def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
         command = " ".join(["python -m psgdlib.experiments"] + sys.argv[1:])
     result["provenance"] = provenance(device, command=command)
     atomic_write_json(path, result)
+    ckpt.unlink(missing_ok=True)
     return path
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any training when results could not be written to ``out_dir``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise ValueError(f"--out {out_dir} is not writable ({e.strerror or e})") from e
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: exit as soon as the parent process is gone (even after ``kill -9``,
+    which runs no clean-up in the parent), instead of finishing a run nobody collects."""
+    import threading
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _run_one(cfg: dict, out_dir: Path, device, max_seconds, threads, progress, command,
+             checkpoint_every: int, pause_at: float | None) -> Path | None:
+    """:func:`run_file` with an absolute pause time (``time.time()``); a run that has not
+    started yet is not started once that time has passed."""
+    pause_after = None
+    if pause_at is not None:
+        pause_after = pause_at - time.time()
+        if pause_after <= 0 and not (out_dir / CHECKPOINT_DIR / (Path(run_name(cfg)).stem + ".pt")).exists():
+            return None
+        pause_after = max(pause_after, 0.0)
+    return run_file(cfg, out_dir, device, max_seconds, threads=threads, progress=progress, command=command,
+                    checkpoint_every=checkpoint_every, pause_after=pause_after)
 
 
 def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1, device: str | None = None,
              max_seconds: float | None = None, progress: bool = True,
-             command: str | None = None, threads: int | None = None) -> list[Path]:
-    """Run every config not already done, in ``jobs`` processes.
+             command: str | None = None, threads: int | None = None, checkpoint_every: int = 2000,
+             pause_at: float | None = None) -> list[Path]:
+    """Run every config not already done, in ``jobs`` processes; return the finished files.
 
     ``threads`` is the number of torch threads per run: default 1 when ``jobs > 1``,
     else torch's default (all cores).  Give 1 when other runs share the machine:
     two processes with two threads each on two cores run several times slower
-    than two with one thread each."""
+    than two with one thread each.  Every run checkpoints mid-run (see :func:`run_file`);
+    ``pause_at`` (a ``time.time()`` value) pauses the runs in progress at their next
+    evaluation after it and starts no new one: a later call continues them.  A stored run
+    with other settings than its config raises ``ValueError`` before anything is trained."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out_dir = Path(out_dir)
-    todo = [c for c in configs if not (out_dir / run_name(c)).exists()]
-    done = [out_dir / run_name(c) for c in configs if c not in todo]
+    _check_writable(out_dir)
+    todo, done = [], []
+    for c in configs:
+        path = out_dir / run_name(c)
+        diff = _stored_config_mismatch(path, c) if path.exists() else {"file": "missing"}
+        if not diff:
+            done.append(path)
+        elif set(diff) == {"file"}:
+            todo.append(c)
+        else:
+            raise ValueError(f"{path} holds a run with other settings (stored vs requested: {diff}); "
+                             "use another --out folder")
     if progress:
         print(f"{len(configs)} runs in the grid, {len(done)} already done, {len(todo)} to run", flush=True)
-    if jobs <= 1 or len(todo) <= 1:
-        if threads is None and jobs > 1:
-            threads = 1
-        for c in todo:
-            done.append(run_file(c, out_dir, device, max_seconds, threads=threads, progress=progress,
-                                 command=command))
-            if progress:
-                print("finished", done[-1].name, flush=True)
-        return done
+    args = (device, max_seconds)
+    if jobs == 1 or len(todo) <= 1:
+        threads = 1 if threads is None and jobs > 1 else threads
+        results = (_run_one(c, out_dir, *args, threads, progress, command, checkpoint_every, pause_at)
+                   for c in todo)
+        return done + _collect(results, progress)
     import multiprocessing as mp
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(run_file, c, out_dir, device, max_seconds, threads or 1, False, command) for c in todo]
-        for f in as_completed(futs):
-            done.append(f.result())
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                             initializer=_die_with_parent) as ex:
+        futs = [ex.submit(_run_one, c, out_dir, *args, threads or 1, False, command, checkpoint_every, pause_at)
+                for c in todo]
+        return done + _collect((f.result() for f in as_completed(futs)), progress)
+
+
+def _collect(results: Iterable[Path | None], progress: bool) -> list[Path]:
+    out = []
+    for p in results:
+        if p is not None:
+            out.append(p)
             if progress:
-                print("finished", done[-1].name, flush=True)
-    return done
+                print("finished", p.name, flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------- summaries
@@ -405,15 +511,67 @@ def reproduction_cost(df, Ts: Sequence[int] = (30, 50, 100, 200), runs: int = 5,
 
 
 # ----------------------------------------------------------------------------- CLI
-def _ints(s: str) -> list[int]:
+def _ints(s: str, option: str = "--seeds") -> list[int]:
+    """``"0-4"`` or ``"0,2,5-6"`` as a list of ints; a clear error names ``option`` otherwise."""
     out: list[int] = []
     for part in s.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
+        try:
+            if "-" in part.strip("-"):
+                a, b = (int(x) for x in part.split("-"))
+                if b < a:
+                    raise ValueError(f"{option} {s!r}: the range {part!r} is empty (write {b}-{a})")
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError as e:
+            if str(e).startswith(option):
+                raise
+            raise ValueError(f"{option} {s!r}: {part!r} is not an integer or a range such as 0-4") from None
+    if not out:
+        raise ValueError(f"{option} {s!r} names nothing")
     return out
+
+
+def _check_cli_numbers(a: argparse.Namespace) -> None:
+    """Every numeric option that was given must make sense (no silent profile fallback)."""
+    import math
+    for opt in ("iterations", "hidden", "eval_every", "n_test", "jobs", "checkpoint_every"):
+        v = getattr(a, opt, None)
+        if v is not None and v < 1:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 1, got {v}")
+    for opt in ("lr", "clip", "max_seconds"):
+        v = getattr(a, opt, None)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{opt.replace('_', '-')} must be a positive finite number, got {v}")
+    if a.pause_after is not None and not (math.isfinite(a.pause_after) and a.pause_after >= 0):
+        raise ValueError(f"--pause-after must be a finite number of seconds >= 0, got {a.pause_after}")
+
+
+def _run_configs(a: argparse.Namespace) -> list[dict]:
+    """The run configs the ``run`` command's options describe (validated)."""
+    from .settings import setting
+    prof = PROFILE_GRIDS[a.profile or get_profile()]
+    _check_cli_numbers(a)
+    problems = a.problems.split(",") if a.problems else prof["problems"]
+    for p in problems:
+        _tasks.get(p, 1000)  # unknown names fail here with the list of valid ones
+    pick = lambda name: prof[name] if getattr(a, name) is None else getattr(a, name)  # noqa: E731
+    common = dict(hidden=pick("hidden"), iterations=pick("iterations"), eval_every=pick("eval_every"),
+                  n_test=pick("n_test"), pairs=a.pairs, dtype=a.dtype, model=a.model,
+                  stop_when_solved=not a.no_stop)
+    Ts = _ints(a.T, "--T") if a.T else prof["Ts"]
+    optimizers = a.optimizers.split(",") if a.optimizers else prof["optimizers"]
+    seeds = _ints(a.seeds) if a.seeds else prof["seeds"]
+    configs = []
+    for p in problems:
+        for o in optimizers:
+            step = setting(a.setting, p, o) if a.setting != "paper" else {"lr": None, "clip": None}
+            if a.lr is not None or a.clip is not None:
+                if a.setting != "paper":
+                    raise ValueError("--lr/--clip and --setting li_rnn both set the step: give one")
+                step = {"lr": a.lr, "clip": a.clip}
+            configs += grid([p], Ts, [o], seeds, **common, **step)
+    return configs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,27 +604,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--n-test", type=int)
     r.add_argument("--no-stop", action="store_true",
                    help="run the whole budget even after solving (learning curves)")
-    r.add_argument("--max-seconds", type=float, default=None, help="training-time limit per run")
+    r.add_argument("--max-seconds", type=float, default=None,
+                   help="training-time limit per run: the run is then stored as stopped at that budget")
+    r.add_argument("--setting", default="paper", choices=SETTINGS,
+                   help="named step/clip setting of the PSGD runs (psgdlib.settings): the paper's "
+                        "literal one (default) or li_rnn (P g clipped at 1, step per problem family)")
+    r.add_argument("--checkpoint-every", type=int, default=2000,
+                   help="iterations between mid-run checkpoints (under OUT/_checkpoints; a restarted "
+                        "run continues from its last one, bit-identically)")
+    r.add_argument("--pause-after", type=float, default=None,
+                   help="seconds: then pause every run in progress at its next evaluation (its state "
+                        "stays in its checkpoint) and start no new one; rerun the command to continue")
     s = sub.add_parser("summarize", help="Table I and Table II from result files")
     s.add_argument("--out", required=True, nargs="+", help="folder(s) of result files")
     s.add_argument("--optimizer", default="psgd_kron")
     a = ap.parse_args(argv)
 
     if a.cmd == "run":
-        prof = PROFILE_GRIDS[a.profile or get_profile()]
-        problems = a.problems.split(",") if a.problems else prof["problems"]
-        for p in problems:
-            _tasks.get(p, 1000)  # unknown names fail here with the list of valid ones
-        configs = grid(problems, _ints(a.T) if a.T else prof["Ts"],
-                       a.optimizers.split(",") if a.optimizers else prof["optimizers"],
-                       _ints(a.seeds) if a.seeds else prof["seeds"],
-                       hidden=a.hidden or prof["hidden"], iterations=a.iterations or prof["iterations"],
-                       eval_every=a.eval_every or prof["eval_every"], n_test=a.n_test or prof["n_test"],
-                       lr=a.lr, clip=a.clip, pairs=a.pairs, dtype=a.dtype, model=a.model,
-                       stop_when_solved=not a.no_stop)
-        command = None if argv is None else " ".join(["python -m psgdlib.experiments", *argv])
-        run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds,
-                 threads=a.threads, command=command)
+        try:
+            configs = _run_configs(a)
+            pause_at = None if a.pause_after is None else time.time() + a.pause_after
+            command = None if argv is None else " ".join(["python -m psgdlib.experiments", *argv])
+            done = run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds,
+                            threads=a.threads, command=command, checkpoint_every=a.checkpoint_every,
+                            pause_at=pause_at)
+        except ValueError as e:
+            ap.error(str(e))
+        if len(done) < len(configs):
+            print(f"{len(configs) - len(done)} runs paused or not started; rerun the command to continue",
+                  flush=True)
         return 0
     df = load_results(a.out)
     if df.empty:

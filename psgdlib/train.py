@@ -7,8 +7,11 @@ iteration with < 0.1% wrong is recorded too (spec, "Common conventions").
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +23,7 @@ from .optim import PSGD
 from .utils import configure_cpu, pick_device
 
 __all__ = ["OPTIMIZERS", "MODELS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer", "train",
-           "SOLVED", "SOLVED_STRICT"]
+           "SOLVED", "SOLVED_STRICT", "RunPaused"]
 
 OPTIMIZERS = ("psgd_kron", "psgd_dense", "psgd_diag", "sgd", "adam")
 MODELS = ("rnn", "lstm")   # the RNN of eq. (1) (the paper's model); an LSTM baseline
@@ -59,7 +62,7 @@ class TrainConfig:
     dtype: str = "float32"
     init_std: float = 0.1
     zero_sum_outputs: bool | None = None  # None: on for 5-bit memorization only (paper)
-    stop_when_solved: bool = True      # False: run the whole budget (learning curves, Fig. 1)
+    stop_when_solved: bool = True      # False: go on after < 1% wrong, until < 0.1% or the budget (Fig. 1)
     model: str = "rnn"                 # "rnn": eq. (1); "lstm": the LSTM baseline
 
     def resolved(self) -> "TrainConfig":
@@ -133,15 +136,85 @@ def _evaluate(task: _tasks.Task, model: RNN, n_test: int, device, dtype) -> tupl
     return res.error_rate, res.loss
 
 
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class _State:
+    """Everything a run carries from one iteration to the next besides model and optimizer."""
+    it: int = 0
+    train_time: float = 0.0
+    solved_at: int | None = None
+    strict_at: int | None = None
+    hist: History = field(default_factory=History)
+
+
+def _save_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Generator, st: _State) -> None:
+    """Write the run's whole state (taken at an evaluation, so no partial loss sums) atomically:
+    ``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    obj = {"version": CHECKPOINT_VERSION, "config": asdict(c), "model": model.state_dict(),
+           "optimizer": opt.state_dict(), "data_rng": data_gen.get_state(),
+           "torch_rng": torch.get_rng_state(), "state": asdict(st)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Generator) -> _State:
+    """Restore a run from ``path`` (see :func:`_save_checkpoint`); refuses another config."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:   # truncated or foreign file: say which one
+        raise ValueError(f"{path}: not a readable training checkpoint ({e}); delete it to restart the run") from e
+    if ck.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {ck.get('version')}, expected {CHECKPOINT_VERSION}")
+    if ck["config"] != asdict(c):
+        diff = {k: (ck["config"].get(k), v) for k, v in asdict(c).items() if ck["config"].get(k) != v}
+        raise ValueError(f"{path} belongs to another run (checkpoint vs now: {diff})")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    data_gen.set_state(ck["data_rng"])
+    torch.set_rng_state(ck["torch_rng"])
+    st = dict(ck["state"])
+    st["hist"] = History(**st["hist"])
+    return _State(**st)
+
+
+class RunPaused(Exception):
+    """Raised by :func:`train` when ``pause_after`` seconds have passed: the run's state is in
+    its checkpoint, and calling :func:`train` again with the same checkpoint continues it."""
+
+    def __init__(self, checkpoint: Path, iteration: int):
+        super().__init__(f"paused at iteration {iteration}; state saved in {checkpoint}")
+        self.checkpoint, self.iteration = checkpoint, iteration
+
+
 def train(config: TrainConfig, device: torch.device | str | None = None, progress: bool = True,
-          max_seconds: float | None = None, model: RNN | None = None) -> dict[str, Any]:
+          max_seconds: float | None = None, model: RNN | None = None,
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 2000,
+          pause_after: float | None = None) -> dict[str, Any]:
     """Train one run; returns a JSON-ready dict (config, outcome, curve, wall time).
 
     Stops when solved, at the iteration budget, or after ``max_seconds`` of training
     (then ``stopped`` says so and the effective budget is ``iterations_run``).
     Raises :class:`NonFiniteLossError` when the loss becomes NaN/inf.
+
+    With ``checkpoint`` (a file path) the whole state (model, optimizer with its random
+    generators, the minibatch generator, torch's global generator, the curve and counters) is
+    saved there atomically at the first evaluation after every ``checkpoint_every`` iterations,
+    and a run finds it and continues from it: an interrupted and resumed run gives results
+    bit-identical to an uninterrupted one.  ``pause_after`` (seconds of wall time in this call)
+    saves a checkpoint at the next evaluation and raises :class:`RunPaused`.
     """
     c = config.resolved()
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     device = pick_device(device)
     if device.type == "cpu":
         configure_cpu()
@@ -152,18 +225,28 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(c.optimizer, params, c.lr, c.precond_lr, c.pairs,
                          c.clip if c.optimizer.startswith("psgd") else None, seed=c.seed)
-    is_psgd = isinstance(opt, PSGD)
     data_gen = torch.Generator().manual_seed(1_000_003 * (c.seed + 1))
-    hist = History()
-    solved_at = strict_at = None
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    st = _load_checkpoint(ckpt, c, model, opt, data_gen) if ckpt is not None and ckpt.exists() else _State()
+    bar = tqdm(total=c.iterations, initial=st.it, disable=not progress, leave=False,
+               desc=f"{c.problem} T={c.T} {c.optimizer} s{c.seed}")
+    try:
+        stopped = _loop(c, task, model, opt, params, data_gen, st, device, dtype, bar, max_seconds,
+                        ckpt, checkpoint_every, pause_after)
+    finally:
+        bar.close()
+    return _result(c, st.hist, st.solved_at, st.strict_at, st.it, stopped, st.train_time)
+
+
+def _loop(c: TrainConfig, task, model, opt, params, data_gen, st: _State, device, dtype, bar,
+          max_seconds, ckpt: Path | None, checkpoint_every: int, pause_after: float | None) -> str:
+    """The iterations of :func:`train` from ``st.it`` on; returns why it stopped."""
+    is_psgd = isinstance(opt, PSGD)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loss_count = 0
-    train_time = 0.0
-    stopped = "budget"
-    bar = tqdm(total=c.iterations, disable=not progress, leave=False,
-               desc=f"{c.problem} T={c.T} {c.optimizer} s{c.seed}")
-    it = 0
-    while it < c.iterations:
+    last_ckpt = st.it
+    started = time.perf_counter()
+    while st.it < c.iterations:
         t0 = time.perf_counter()
         batch = task.sample(c.batch_size, generator=data_gen, device=device, dtype=dtype)
 
@@ -181,44 +264,59 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
             opt.step()
         loss_sum += loss.detach()
         loss_count += 1
-        it += 1
+        st.it += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
+        st.train_time += time.perf_counter() - t0
         bar.update(1)
-        if it % c.eval_every == 0 or it == c.iterations:
-            mean_loss = float(loss_sum) / loss_count
-            if not math.isfinite(mean_loss):
-                bar.close()
-                msg = (f"{c.problem} T={c.T} {c.optimizer} seed {c.seed}: the training "
-                       f"loss became non-finite before iteration {it}")
-                partial = _result(c, hist, solved_at, strict_at, it, "non_finite", train_time)
-                partial.update(final_test_error=None, error=msg)
-                raise NonFiniteLossError(msg, partial)
-            err, tl = _evaluate(task, model, c.n_test, device, dtype)
-            hist.iteration.append(it)
-            hist.train_loss.append(mean_loss)
-            hist.test_error.append(err)
-            hist.test_loss.append(tl)
-            hist.wall_time.append(train_time)
-            loss_sum.zero_()
-            loss_count = 0
-            bar.set_postfix(loss=f"{mean_loss:.3g}", err=f"{err:.3f}")
-            if err < SOLVED_STRICT and strict_at is None:
-                strict_at = it
-            if err < SOLVED and solved_at is None:
-                solved_at = it
-                if c.stop_when_solved:
-                    stopped = "solved"
-                    break
-            if not c.stop_when_solved and strict_at is not None:
-                stopped = "solved_0.1pct"
-                break
-            if max_seconds is not None and train_time > max_seconds:
-                stopped = "time_limit"
-                break
-    bar.close()
-    return _result(c, hist, solved_at, strict_at, it, stopped, train_time)
+        if st.it % c.eval_every and st.it != c.iterations:
+            continue
+        stopped = _evaluation(c, task, model, st, float(loss_sum) / loss_count, device, dtype, bar)
+        loss_sum.zero_()
+        loss_count = 0
+        if stopped is None and max_seconds is not None and st.train_time > max_seconds:
+            stopped = "time_limit"
+        if stopped is not None:
+            return stopped
+        if st.it >= c.iterations:
+            break
+        pause = pause_after is not None and time.perf_counter() - started > pause_after
+        if ckpt is not None and (st.it - last_ckpt >= checkpoint_every or pause):
+            _save_checkpoint(ckpt, c, model, opt, data_gen, st)
+            last_ckpt = st.it
+        if pause:
+            if ckpt is None:
+                raise ValueError("pause_after needs a checkpoint path to save the run's state in")
+            raise RunPaused(ckpt, st.it)
+    return "budget"
+
+
+def _evaluation(c: TrainConfig, task, model, st: _State, mean_loss: float, device, dtype, bar) -> str | None:
+    """Record one point of the curve; returns the reason to stop, or None to go on.
+    Raises :class:`NonFiniteLossError` (with the run so far) on a non-finite training loss."""
+    if not math.isfinite(mean_loss):
+        msg = (f"{c.problem} T={c.T} {c.optimizer} seed {c.seed}: the training "
+               f"loss became non-finite before iteration {st.it}")
+        partial = _result(c, st.hist, st.solved_at, st.strict_at, st.it, "non_finite", st.train_time)
+        partial.update(final_test_error=None, error=msg)
+        raise NonFiniteLossError(msg, partial)
+    err, tl = _evaluate(task, model, c.n_test, device, dtype)
+    h = st.hist
+    h.iteration.append(st.it)
+    h.train_loss.append(mean_loss)
+    h.test_error.append(err)
+    h.test_loss.append(tl)
+    h.wall_time.append(st.train_time)
+    bar.set_postfix(loss=f"{mean_loss:.3g}", err=f"{err:.3f}")
+    if err < SOLVED_STRICT and st.strict_at is None:
+        st.strict_at = st.it
+    if err < SOLVED and st.solved_at is None:
+        st.solved_at = st.it
+        if c.stop_when_solved:
+            return "solved"
+    if not c.stop_when_solved and st.strict_at is not None:
+        return "solved_0.1pct"
+    return None
 
 
 def _result(c: TrainConfig, hist: History, solved_at: int | None, strict_at: int | None, it: int,
