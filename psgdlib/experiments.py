@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import tasks as _tasks
-from .settings import SETTINGS
+from .settings import SETTINGS, setting_of
 from .utils import PROFILES, atomic_write_json, get_profile, provenance
 
 __all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid",
-           "load_results", "table1", "table2", "time_to_solve", "reproduction_cost", "main"]
+           "load_results", "table1", "table1_settings", "table2", "PROBLEM_NAMES", "time_to_solve", "reproduction_cost", "main"]
 
 PAPER_BUDGET = 100_000
 
@@ -294,8 +294,11 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
     rows = []
     for d in dirs:
         for f in sorted(Path(d).rglob("*.json")):
-            r = json.loads(f.read_text())
-            if "config" not in r or "solved" not in r or "problem" not in r["config"]:
+            try:
+                r = json.loads(f.read_text())
+            except ValueError as e:
+                raise ValueError(f"{f}: not a readable result file ({e}); delete it or rerun the run") from e
+            if not isinstance(r, dict) or "config" not in r or "solved" not in r or "problem" not in r["config"]:
                 continue
             c = r["config"]
             budget = c["iterations"]
@@ -310,10 +313,12 @@ def load_results(dirs: str | os.PathLike | Iterable[str | os.PathLike]):
                              iterations_run=r["iterations_run"], stopped=r["stopped"],
                              final_test_error=r["final_test_error"], wall_time=r["wall_time"],
                              hardware=prov.get("hardware"), commit=prov.get("git_commit"),
-                             date=prov.get("date")))
+                             date=prov.get("date"),
+                             setting=(setting_of(c["problem"], c.get("lr"), c.get("clip"))
+                                      if c["optimizer"].startswith("psgd") else None)))
     cols = ["file", "problem", "T", "model", "optimizer", "pairs", "seed", "hidden", "lr", "clip", "budget", "solved",
             "iterations_to_solve", "iterations_run", "stopped", "final_test_error", "wall_time",
-            "hardware", "commit", "date"]
+            "hardware", "commit", "date", "setting"]
     df = pd.DataFrame(rows, columns=cols)
     if len(df):
         key = ["problem", "T", "model", "optimizer", "pairs", "hidden", "lr", "clip", "seed"]
@@ -332,7 +337,8 @@ def _cell(g) -> str:
 
 
 def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
-           problems: Sequence[str] | None = None, Ts: Sequence[int] | None = None, model: str = "rnn"):
+           problems: Sequence[str] | None = None, Ts: Sequence[int] | None = None, model: str = "rnn",
+           setting: str | None = None):
     """Table I: failed/total runs per problem and T for ``optimizer`` training ``model``.
 
     A run that was not solved within a budget below the paper's 10^5 iterations is
@@ -342,6 +348,8 @@ def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
     """
     import pandas as pd
     d = df[(df["optimizer"] == optimizer) & (df["model"] == model)]
+    if setting is not None:
+        d = d[d["setting"] == setting]
     _one_setting_per_cell(d)
     order = list(problems) if problems is not None else _paper_order(d["problem"])
     Ts = sorted(Ts) if Ts is not None else sorted(set(d["T"]))
@@ -355,6 +363,33 @@ def table1(df, optimizer: str = "psgd_kron", with_paper: bool = True,
             table[f"paper T={T}"] = [PAPER_TABLE1.get(p, {}).get(T, "-") for p in table.index]
     table.index.name = "problem"
     return table
+
+
+def table1_settings(df, settings: Sequence[str] = SETTINGS, optimizer: str = "psgd_kron",
+                    Ts: Sequence[int] = (30, 50, 100, 200), model: str = "rnn"):
+    """Table I under each named setting side by side (:mod:`psgdlib.settings`), next to the
+    paper: one row per problem (the paper's order), columns ``(T, setting)`` for each setting and
+    ``(T, "Li 2016")`` (the paper's reported result),
+    each cell failed/total (with the budget where it is below 10^5), ``-`` where nothing ran."""
+    import pandas as pd
+    problems = list(_P)
+    parts = {s: table1(df, optimizer, with_paper=False, problems=problems, Ts=Ts, model=model, setting=s)
+             for s in settings}
+    cols = {}
+    for T in Ts:
+        for s in settings:
+            cols[(f"T={T}", s)] = parts[s][f"T={T}"]
+        cols[(f"T={T}", "Li 2016")] = pd.Series([PAPER_TABLE1[p][T] for p in problems], index=problems)
+    out = pd.DataFrame(cols)
+    out.index = [PROBLEM_NAMES.get(p, p) for p in out.index]
+    out.index.name = "problem"
+    return out
+
+
+#: The paper's names of the problems, for tables and figures.
+PROBLEM_NAMES = dict(zip(_P, ("Addition", "Multiplication", "XOR", "2-bit temporal order",
+                              "3-bit temporal order", "Random permutation", "5-bit memorization",
+                              "20-bit memorization")))
 
 
 def longest_T_without_failure(d) -> str:
@@ -640,8 +675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("Table I: failed / total runs\n", table1(df, a.optimizer), "\n", sep="")
-        print("Table II: longest T without a failure\n", table2(df, a.optimizer), sep="")
+        print("Table I: failed / total runs, per named setting (psgdlib.settings), next to the paper\n",
+              table1_settings(df, optimizer=a.optimizer), "\n", sep="")
+        for name in SETTINGS:
+            d = df[df["setting"] == name]
+            if len(d[d["optimizer"] == a.optimizer]):
+                print(f"Table II ({name} setting): longest T without a failure\n", table2(d, a.optimizer),
+                      "\n", sep="")
     return 0
 
 
