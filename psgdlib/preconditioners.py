@@ -28,11 +28,14 @@ one (each step's size is set by the largest entry): ``Kron`` reaches spectra
 spanning 1e6 within thousands of updates where ``Dense`` needs far more.
 
 A pair holding a non-finite value is skipped (``Q`` is left untouched) and
-counted in ``num_skipped``, without a host/device synchronisation.
+counted in ``num_skipped``, without a host/device synchronisation.  ``update(..., accept=ok)``
+takes a 0-d bool tensor ``ok`` as well: where it is false the pair is skipped and counted
+whatever its values (:class:`psgdlib.PSGD` passes "this step's loss and gradient are finite").
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -45,6 +48,18 @@ _TINY = 1e-30
 def _check_lr(lr: float) -> None:
     if not (0.0 < float(lr) < 1.0):
         raise ValueError(f"the normalized preconditioner step must satisfy 0 < lr < 1, got {lr}")
+
+
+def _check_dim(where: str, name: str, v: int) -> int:
+    """``v`` as an int if it is an integer >= 1 (``2.7`` or ``True`` are refused, not truncated)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != int(v) or v < 1:
+        raise ValueError(f"{where} needs an integer {name} >= 1, got {v!r}")
+    return int(v)
+
+
+def _accepted(ok: Tensor, accept: Tensor | None) -> Tensor:
+    """``ok & accept`` (both 0-d bool tensors), or ``ok`` when ``accept`` is None."""
+    return ok if accept is None else ok & accept
 
 
 def _check_init_scale(scale: float) -> None:
@@ -147,11 +162,10 @@ class Dense(Preconditioner):
 
     def __init__(self, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        if int(n) < 1:
-            raise ValueError(f"Dense(n) needs n >= 1, got {n}")
+        n = _check_dim("Dense(n)", "n", n)
         _check_init_scale(init_scale)
         super().__init__(dtype, device)
-        self.n = int(n)
+        self.n = n
         # column-major storage: self.Q is the transposed view of a contiguous (lower) matrix
         self.Q = (torch.eye(self.n, dtype=self.dtype, device=self.device) * math.sqrt(init_scale)).T
 
@@ -184,8 +198,11 @@ class Dense(Preconditioner):
         b = torch.linalg.solve_triangular(self.Q.T, v[:, None], upper=False)[:, 0]
         return a @ a + b @ b
 
-    def update(self, v: Tensor, h: Tensor, lr: float = 0.01) -> None:
-        """One normalized relative-gradient step on (3) from the pair (v, h), both (n,)."""
+    def update(self, v: Tensor, h: Tensor, lr: float = 0.01, accept: Tensor | None = None) -> None:
+        """One normalized relative-gradient step on (3) from the pair (v, h), both (n,).
+
+        ``accept``: optional 0-d bool tensor; where false the pair is skipped (see the module).
+        """
         _check_lr(lr)
         v, h = self._check(v, "v"), self._check(h, "h")
         Q = self.Q
@@ -197,7 +214,7 @@ class Dense(Preconditioner):
         lo, hi = torch.aminmax(grad)
         gmax = torch.maximum(hi, -lo)
         del grad
-        ok = torch.isfinite(gmax)          # false for any NaN/inf in the pair
+        ok = _accepted(torch.isfinite(gmax), accept)  # false for any NaN/inf in the pair
         # normalize a and b by sqrt(gmax) so that step = lr / gmax needs no n x n pass,
         # and zero them for a rejected pair (Q then stays as it is)
         scale = torch.where(ok, torch.rsqrt(gmax + _TINY), torch.zeros_like(gmax))
@@ -220,11 +237,10 @@ class Kron(Preconditioner):
 
     def __init__(self, m: int, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        if int(m) < 1 or int(n) < 1:
-            raise ValueError(f"Kron(m, n) needs m, n >= 1, got ({m}, {n})")
+        m, n = _check_dim("Kron(m, n)", "m", m), _check_dim("Kron(m, n)", "n", n)
         _check_init_scale(init_scale)
         super().__init__(dtype, device)
-        self.m, self.n = int(m), int(n)
+        self.m, self.n = m, n
         s = init_scale ** 0.25
         self.Q1 = torch.eye(self.m, dtype=self.dtype, device=self.device) * s
         self.Q2 = torch.eye(self.n, dtype=self.dtype, device=self.device) * s
@@ -267,8 +283,11 @@ class Kron(Preconditioner):
         a, b = self._ab(v, h)
         return (a * a).sum() + (b * b).sum()
 
-    def update(self, v: Tensor, h: Tensor, lr: float = 0.01) -> None:
-        """One normalized relative-gradient step on (3) for both factors; v, h: (m, n)."""
+    def update(self, v: Tensor, h: Tensor, lr: float = 0.01, accept: Tensor | None = None) -> None:
+        """One normalized relative-gradient step on (3) for both factors; v, h: (m, n).
+
+        ``accept``: optional 0-d bool tensor; where false the pair is skipped (see the module).
+        """
         _check_lr(lr)
         v, h = self._check(v, "v"), self._check(h, "h")
         Q1, Q2 = self.Q1, self.Q2
@@ -283,7 +302,7 @@ class Kron(Preconditioner):
         Q1n, Q2n = Q1n / r, Q2n * r
         ok = (torch.isfinite(g1max) & torch.isfinite(g2max)
               & torch.isfinite(Q1n).all() & torch.isfinite(Q2n).all())
-        self._accept(ok, (Q1, Q1n), (Q2, Q2n))
+        self._accept(_accepted(ok, accept), (Q1, Q1n), (Q2, Q2n))
         self.num_updates += 1
 
 
@@ -296,11 +315,10 @@ class Diag(Preconditioner):
 
     def __init__(self, n: int, init_scale: float = 1.0, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        if int(n) < 1:
-            raise ValueError(f"Diag(n) needs n >= 1, got {n}")
+        n = _check_dim("Diag(n)", "n", n)
         _check_init_scale(init_scale)
         super().__init__(dtype, device)
-        self.n = int(n)
+        self.n = n
         self.q = torch.full((self.n,), math.sqrt(init_scale), dtype=self.dtype, device=self.device)
 
     def _tensors(self) -> dict[str, Tensor]:
@@ -328,7 +346,8 @@ class Diag(Preconditioner):
         a, b = self.q * h, v / self.q
         return a @ a + b @ b
 
-    def update(self, v: Tensor, h: Tensor, lr: float = 0.01) -> None:
+    def update(self, v: Tensor, h: Tensor, lr: float = 0.01, accept: Tensor | None = None) -> None:
+        """One normalized step on (3) per coordinate; v, h: (n,); ``accept`` as for :class:`Dense`."""
         _check_lr(lr)
         v, h = self._check(v, "v"), self._check(h, "h")
         q = self.q
@@ -337,5 +356,5 @@ class Diag(Preconditioner):
         gmax = grad.abs().max()
         qn = q - (lr / (gmax + _TINY)) * grad * q
         ok = torch.isfinite(gmax) & torch.isfinite(qn).all()
-        self._accept(ok, (q, qn))
+        self._accept(_accepted(ok, accept), (q, qn))
         self.num_updates += 1
