@@ -76,6 +76,12 @@ def _is_book_root(p: Path) -> bool:
     return (p / CONFIG_FILE).is_file() and (p / TOC_FILE).is_file()
 
 
+def _package_parent() -> Path:
+    """The folder above the imported psgdlib (a checkout for an editable install or a run from
+    the repository; site-packages for an ordinary install)."""
+    return Path(__file__).resolve().parent.parent
+
+
 def book_root(start: str | os.PathLike | None = None) -> Path | None:
     """The checkout of the book: the first folder holding ``_config.yml`` and ``_toc.yml``
     among ``start`` (default: the working directory) and its parents, else the folder above
@@ -84,7 +90,7 @@ def book_root(start: str | os.PathLike | None = None) -> Path | None:
     for p in (here, *here.parents):
         if _is_book_root(p):
             return p
-    pkg_parent = Path(__file__).resolve().parent.parent
+    pkg_parent = _package_parent()
     return pkg_parent if _is_book_root(pkg_parent) else None
 
 
