@@ -61,6 +61,8 @@ __all__ = [
     "ALL_NAMES",
     "get",
     "test_seed",
+    "MAX_T",
+    "MAX_BATCH_BYTES",
 ]
 
 Device = Union[str, torch.device, None]
@@ -80,6 +82,22 @@ NAMES: Tuple[str, ...] = (
 ALL_NAMES: Tuple[str, ...] = NAMES + ("addition_variable",)
 
 _TEST_SEED_OFFSET = 10**12
+
+#: Largest nominal length ``T`` accepted: 500 times the paper's largest (200).  Above it a
+#: test set would not fit in memory, and checking the marker ranges alone would take minutes.
+MAX_T = 100_000
+#: Largest memory (bytes) one minibatch, test chunk or test set may need while generated.
+MAX_BATCH_BYTES = 2**34
+
+
+def _check_T(T: int) -> None:
+    """Raise ValueError unless ``1 <= T <= MAX_T`` is an integer."""
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be a positive integer, got {T!r}")
+    if T > MAX_T:
+        raise ValueError(f"T={T} is above the limit psgdlib.tasks.MAX_T={MAX_T} (the paper uses "
+                         f"T <= 200; a test set of 10,000 sequences of length {T} would need "
+                         f"{T * 10**4 * 4 / 2**30:.3g} GiB per input channel in float32)")
 
 
 def test_seed(name: str, T: int) -> int:
@@ -184,9 +202,21 @@ class Task:
     chance_loss: float
 
     def __init__(self, name: str, T: int) -> None:
+        _check_T(T)
         self.name = name
         self.T = T
         self._test_cache: Dict[tuple, List[Batch]] = {}
+
+    def _check_memory(self, B: int, itemsize: int, what: str) -> None:
+        """Refuse ``B`` sequences whose inputs ``(L_max, B, input_dim)`` of ``itemsize``-byte
+        entries exceed :data:`MAX_BATCH_BYTES`, before anything is allocated."""
+        L = max(self.lengths[1], getattr(self, "test_lengths", self.lengths)[1])
+        need = B * L * self.input_dim * itemsize
+        if need > MAX_BATCH_BYTES:
+            raise ValueError(
+                f"{self.name} at T={self.T}: {what} of {B} sequences of length up to {L} needs about "
+                f"{need / 2**30:.3g} GiB, above psgdlib.tasks.MAX_BATCH_BYTES = "
+                f"{MAX_BATCH_BYTES / 2**30:.3g} GiB; use fewer sequences or a smaller T")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, T={self.T})"
@@ -208,6 +238,7 @@ class Task:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
+        self._check_memory(batch_size, 8, "a minibatch")   # generated as int64 / float64
         gen_device = generator.device if generator is not None else torch.device("cpu")
         batch = self._generate(batch_size, generator, gen_device, dtype)
         if device is not None and torch.device(device) != gen_device:
@@ -242,6 +273,8 @@ class Task:
         for label, v in (("n", n), ("chunk", chunk)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{label} must be a positive integer, got {v!r}")
+        self._check_memory(min(chunk, n), 8, "a test chunk")
+        self._check_memory(n, dtype.itemsize, "the test set")
         dev = torch.device(device) if device is not None else torch.device("cpu")
         key = (n, chunk, str(dev), dtype)
         if cache and key in self._test_cache:
@@ -627,12 +660,12 @@ def get(name: str, T: int) -> Task:
     ``name`` is one of :data:`ALL_NAMES`. ``addition_variable`` (Experiment 1) trains on
     lengths ``U{ceil(T/2) .. T}`` drawn per minibatch and uses the ``addition`` test set
     at the same ``T``; the paper's setting is ``T=100`` (lengths ``U{50..100}``).
-    Raises ValueError for an unknown name or a ``T`` too short for the marker ranges.
+    Raises ValueError for an unknown name, a ``T`` too short for the marker ranges, or a
+    ``T`` above :data:`MAX_T`.
     """
     if name not in ALL_NAMES:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(ALL_NAMES)}")
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T!r}")
+    _check_T(T)
     if name in ("addition", "multiplication", "xor", "addition_variable"):
         return MarkerTask(name, T)
     if name == "temporal_order_2bit":
