@@ -26,6 +26,7 @@ import gzip
 import os
 import shutil
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def read_idx(path: str | os.PathLike) -> Tensor:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        data = f.read()
+        data = _read(f, path)
     if len(data) < 4:
         raise ValueError(f"{path}: not an IDX file (too short)")
     zero, dtype_code, nd = struct.unpack(">HBB", data[:4])
@@ -114,6 +115,43 @@ def read_idx(path: str | os.PathLike) -> Tensor:
     if len(data) - offset != n:
         raise ValueError(f"{path}: expected {n} data bytes for shape {dims}, found {len(data) - offset}")
     return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(dims)
+
+
+#: what reading a truncated or corrupt gzip stream raises
+_CORRUPT_GZIP = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _corrupt(path: Path, e: Exception) -> ValueError:
+    return ValueError(f"{path}: truncated or corrupt gzip file ({type(e).__name__}: {e}); "
+                      "delete it and copy or download it again")
+
+
+def _read(f, path: Path) -> bytes:
+    """``f.read()``; a truncated or corrupt gzip stream raises ValueError naming ``path``."""
+    try:
+        return f.read()
+    except _CORRUPT_GZIP as e:
+        raise _corrupt(path, e) from e
+
+
+def _decompress(src: Path, dst: Path) -> bool:
+    """Decompress ``src`` (``.gz``) into ``dst`` through a temporary file in the same folder.
+
+    Returns False if the folder cannot be written. A truncated or corrupt ``src`` raises
+    ValueError naming it. The temporary file is removed on every error.
+    """
+    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+    try:
+        with gzip.open(src, "rb") as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out)
+        os.replace(tmp, dst)
+    except _CORRUPT_GZIP as e:           # before OSError: BadGzipFile is one
+        raise _corrupt(src, e) from e
+    except OSError:                      # e.g. a read-only folder or a full disk
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def _missing_error(raw: Path, name: str, reason: str) -> FileNotFoundError:
@@ -135,13 +173,7 @@ def _prepare_raw(raw: Path) -> str:
     if not all((raw / (f + ".gz")).is_file() for f in missing):
         return "missing"
     for f in missing:
-        tmp = raw / f"{f}.tmp-{os.getpid()}"
-        try:
-            with gzip.open(raw / (f + ".gz"), "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(tmp, raw / f)
-        except OSError:  # e.g. a read-only folder: read the .gz files directly
-            tmp.unlink(missing_ok=True)
+        if not _decompress(raw / (f + ".gz"), raw / f):  # read-only folder: read the .gz directly
             return "gz"
     return "ok"
 
