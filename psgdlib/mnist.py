@@ -51,7 +51,6 @@ import hashlib
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,7 +62,7 @@ from torch import Tensor
 from .data import batches, load_mnist, subset
 from .models import RNN2D
 from .optim import PSGD
-from .utils import (atomic_write_json, configure_cpu, get_profile, pick_device,
+from .utils import (atomic_torch_save, atomic_write_json, configure_cpu, get_profile, pick_device,
                     provenance)
 
 __all__ = ["PROFILES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_PAIRS", "PAPER_TEST_ERROR",
@@ -203,18 +202,6 @@ def load_data(dataset: str = "mnist", root: str | os.PathLike | None = None,
 def _positive_int_or_none(name: str, v: Any) -> None:
     if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sync(device: torch.device) -> None:
@@ -455,7 +442,7 @@ def run_mnist(
                                else None),
                       history=history, train_log=train_log, train_time_s=train_time,
                       diverged=diverged)
-            _atomic_torch_save(ck, ckpt_path)
+            atomic_torch_save(ck, ckpt_path)
         if diverged and verbose:
             _write(f"[{optimizer}] the training loss is not finite: stopping (diverged)", progress)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from . import tasks as _tasks
 from .models import LSTM, RNN
 from .optim import PSGD
-from .utils import configure_cpu, pick_device
+from .utils import atomic_torch_save, configure_cpu, pick_device
 
 __all__ = ["OPTIMIZERS", "MODELS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer", "train",
            "SOLVED", "SOLVED_STRICT", "RunPaused"]
@@ -155,15 +154,7 @@ def _save_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Gen
     obj = {"version": CHECKPOINT_VERSION, "config": asdict(c), "model": model.state_dict(),
            "optimizer": opt.state_dict(), "data_rng": data_gen.get_state(),
            "torch_rng": torch.get_rng_state(), "state": asdict(st)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(obj, path)
 
 
 def _load_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Generator) -> _State:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import torch
 
 __all__ = ["PROFILES", "PROFILE_ENV", "get_profile", "pick_device", "seed_everything", "provenance",
-           "atomic_write_json", "setup_notebook", "configure_cpu"]
+           "atomic_write_json", "atomic_torch_save", "setup_notebook", "configure_cpu"]
 
 PROFILES = ("smoke", "cpu", "paper")
 PROFILE_ENV = "PSGD_PROFILE"
@@ -99,6 +99,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
             json.dump(obj, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
