@@ -8,15 +8,24 @@ exactly those two matrices, so that :class:`psgdlib.PSGD` with
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
 from .bptt import recurrence
 
-__all__ = ["RNN", "orthogonal_", "IMPLS"]
+__all__ = ["RNN", "orthogonal_", "IMPLS", "positive_int"]
 
 IMPLS = ("auto", "bptt", "fused", "loop")
 _ACT = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
+
+
+def positive_int(name: str, v: object) -> int:
+    """``v`` as an int if it is an integer >= 1; ValueError naming ``name`` otherwise (no truncation)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != int(v) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 def orthogonal_(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -60,9 +69,8 @@ class RNN(nn.Module):
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        for name, v in (("input_dim", input_dim), ("hidden_dim", hidden_dim), ("output_dim", output_dim)):
-            if int(v) < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+        input_dim, hidden_dim, output_dim = (positive_int(name, v) for name, v in (
+            ("input_dim", input_dim), ("hidden_dim", hidden_dim), ("output_dim", output_dim)))
         if nonlinearity not in _ACT:
             raise ValueError(f"unknown nonlinearity {nonlinearity!r}; choose one of {tuple(_ACT)}")
         if impl not in IMPLS:
@@ -103,6 +111,9 @@ class RNN(nn.Module):
     def _check(self, u: Tensor) -> None:
         if u.dim() != 3 or u.shape[-1] != self.input_dim:
             raise ValueError(f"RNN input must be time-major (L, B, {self.input_dim}), got {tuple(u.shape)}")
+        if u.shape[0] == 0:
+            raise ValueError(f"RNN input has no time steps (L = 0, shape {tuple(u.shape)}); "
+                             "a sequence needs at least one")
         if u.dtype != self.W1.dtype:
             raise ValueError(f"input dtype {u.dtype} differs from the model's {self.W1.dtype}")
 

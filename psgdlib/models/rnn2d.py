@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rnn import positive_int
+
 __all__ = ["RNN2D", "DIRECTIONS", "ALTERNATE_CYCLE", "resolve_directions", "image_to_patches"]
 
 #: Sweep corner names and their (flip rows, flip columns) flags.
@@ -191,11 +193,12 @@ class RNN2D(nn.Module):
         init_std: float = 0.1,
     ) -> None:
         super().__init__()
-        sizes = tuple(int(s) for s in sizes)
-        if not sizes or min(sizes) <= 0:
+        sizes = tuple(sizes)
+        if not sizes:
             raise ValueError(f"sizes must be a non-empty sequence of positive ints, got {sizes}")
-        if patch <= 0 or grid <= 0 or n_classes <= 0:
-            raise ValueError("patch, grid and n_classes must be positive")
+        sizes = tuple(positive_int(f"sizes[{l}]", s) for l, s in enumerate(sizes))
+        patch, grid, n_classes = (positive_int(name, v) for name, v in (
+            ("patch", patch), ("grid", grid), ("n_classes", n_classes)))
         if nonlinearity not in _NONLINEARITIES:
             raise ValueError(
                 f"unknown nonlinearity {nonlinearity!r}: use one of {sorted(_NONLINEARITIES)}"
