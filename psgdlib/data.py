@@ -13,7 +13,8 @@ Below the root the layout is torchvision's: ``<root>/MNIST/raw/`` (or
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``,
 uncompressed and/or gzipped (``*.gz``). When only the ``.gz`` files are present they are
 decompressed next to themselves (no network, no checksum check); if the folder is
-read-only, the ``.gz`` files are read directly instead. When no files are present the
+read-only, the ``.gz`` files are read directly instead. A truncated or corrupt ``.gz`` raises
+a ValueError naming it, and no partial file is left behind. When no files are present the
 loader can download them with torchvision (``download``), which needs internet access.
 
 Images are converted to a float tensor once (torchvision's ``.data`` / ``.targets``,

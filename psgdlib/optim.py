@@ -347,9 +347,9 @@ class PSGD(Optimizer):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One PSGD iteration; returns the loss the closure gave (or None).
 
-        No host synchronisation (with ``nonfinite="skip"`` and without ``update_prob``,
-        whose draw is a CPU generator's): ``ok``, "loss and gradients are finite", is a
-        device tensor that masks every state change.
+        With ``nonfinite="skip"`` no value is read back from the device: ``ok`` ("the loss
+        and every gradient are finite") is a 0-d device tensor that masks every state change.
+        (``update_prob`` draws from a CPU generator, which reads a host tensor, not the device.)
         """
         params = [p for p in self._params() if p.requires_grad]
         if not params:
@@ -466,7 +466,7 @@ class PSGD(Optimizer):
         else:
             self._warn_nonfinite(int(self._nf_host.numpy()))
         self._nf_host.copy_(c, non_blocking=True)
-        self._nf_event.record()
+        self._nf_event.record(torch.cuda.current_stream(c.device))
 
     def _warn_nonfinite(self, n: int) -> None:
         """A RuntimeWarning when the count reaches 1, 2, 4, 8, ... (at least twice the last one)."""

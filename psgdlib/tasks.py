@@ -33,6 +33,9 @@ Design choices (spec "Common conventions" and §1-8):
   returns every distinct sequence equally often, in a random order: the paper's exact
   (non-stochastic) gradient with its minibatch of 32. Other sizes are drawn i.i.d.
   The test set is 10,000 i.i.d. sequences, as for every problem.
+* **Sizes.** ``T`` is at most :data:`MAX_T` (100,000; the paper's largest is 200), and a
+  minibatch, test chunk or test set that would need more than :data:`MAX_BATCH_BYTES`
+  (16 GiB) is refused with a ValueError before anything is allocated.
 * **Generation** is vectorized, happens on the generator's device (CPU by default; the
   global RNG when ``generator`` is None) in float64, and is then cast to ``dtype`` and
   moved to ``device``, so a seed gives the same batch on CPU and CUDA.

@@ -200,3 +200,23 @@ def test_dense_update_is_the_normalized_relative_gradient_step(layout):
         p.update(v, h, lr=0.05)
         torch.testing.assert_close(p.Q, expected)
         assert torch.equal(p.Q, torch.triu(p.Q))
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: Dense(4, dtype=F64), (4,)),
+                                        (lambda: Kron(3, 2, dtype=F64), (3, 2)),
+                                        (lambda: Diag(4, dtype=F64), (4,))])
+def test_accept_mask_rejects_a_finite_pair_and_true_changes_nothing(make, shape):
+    """``update(..., accept=False)`` leaves Q bit-identical and counts the pair;
+    ``accept=True`` gives exactly the update without a mask."""
+    gen = torch.Generator().manual_seed(9)
+    v, h = torch.randn(shape, generator=gen, dtype=F64), torch.randn(shape, generator=gen, dtype=F64)
+    plain, masked = make(), make()
+    plain.update(v, h)
+    masked.update(v, h, accept=torch.tensor(True))
+    for k, t in plain._tensors().items():
+        assert torch.equal(t, masked._tensors()[k]), k
+    before = {k: t.clone() for k, t in masked._tensors().items()}
+    masked.update(v, h, accept=torch.tensor(False))
+    assert masked.num_skipped == 1 and masked.num_updates == 2
+    for k, t in masked._tensors().items():
+        assert torch.equal(t, before[k]), k
