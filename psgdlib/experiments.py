@@ -27,7 +27,7 @@ from . import tasks as _tasks
 from .settings import SETTINGS, setting_of
 from .utils import PROFILES, atomic_write_json, get_profile, provenance
 
-__all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid",
+__all__ = ["PROFILE_GRIDS", "PAPER_TABLE1", "PAPER_TABLE2", "grid", "run_file", "run_grid", "checkpoint_path",
            "load_results", "table1", "table1_settings", "table2", "PROBLEM_NAMES", "time_to_solve", "reproduction_cost", "main"]
 
 PAPER_BUDGET = 100_000
@@ -114,6 +114,11 @@ def grid(problems: Iterable[str], Ts: Iterable[int], optimizers: Iterable[str], 
 CHECKPOINT_DIR = "_checkpoints"   # mid-run checkpoints, one per unfinished run, under --out
 
 
+def checkpoint_path(out_dir: str | os.PathLike, cfg: dict) -> Path:
+    """Where the mid-run checkpoint of run ``cfg`` lives: ``<out_dir>/_checkpoints/<name>.pt``."""
+    return Path(out_dir) / CHECKPOINT_DIR / (Path(run_name(cfg)).stem + ".pt")
+
+
 def _stored_config_mismatch(path: Path, cfg: dict) -> dict:
     """The settings in which the finished run stored at ``path`` differs from ``cfg``
     (resolved); empty when it is the same run.  A file that cannot be read is renamed to
@@ -129,6 +134,18 @@ def _stored_config_mismatch(path: Path, cfg: dict) -> dict:
         return {"file": "unreadable"}
     want = asdict(TrainConfig(**cfg).resolved())
     return {k: (stored.get(k), v) for k, v in want.items() if k in stored and stored[k] != v}
+
+
+def _finished(path: Path, cfg: dict) -> bool:
+    """Whether run ``cfg`` is stored at ``path``: False when the file is missing or unreadable
+    (then set aside); ``ValueError`` when it holds a run made with other settings."""
+    if not path.exists():
+        return False
+    diff = _stored_config_mismatch(path, cfg)
+    if diff and diff != {"file": "unreadable"}:
+        raise ValueError(f"{path} holds a run with other settings (stored vs requested: {diff}); "
+                         "use another --out folder")
+    return not diff
 
 
 def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
@@ -148,17 +165,12 @@ def run_file(cfg: dict, out_dir: str | os.PathLike, device: str | None = None,
 
     from .train import NonFiniteLossError, RunPaused, TrainConfig, train
     path = Path(out_dir) / run_name(cfg)
-    if path.exists():
-        diff = _stored_config_mismatch(path, cfg)
-        if not diff:
-            return path
-        if diff != {"file": "unreadable"}:
-            raise ValueError(f"{path} holds a run with other settings (stored vs requested: {diff}); "
-                             "use another --out folder")
+    if _finished(path, cfg):
+        return path
     if threads is not None:
         torch.set_num_threads(threads)
     config = TrainConfig(**cfg)
-    ckpt = Path(out_dir) / CHECKPOINT_DIR / (path.stem + ".pt")
+    ckpt = checkpoint_path(out_dir, cfg)
     if ckpt.exists() and progress is not None:
         it = torch.load(ckpt, map_location="cpu", weights_only=False).get("state", {}).get("it")
         print(f"{path.name}: resuming from iteration {it}", flush=True)
@@ -215,7 +227,7 @@ def _run_one(cfg: dict, out_dir: Path, device, max_seconds, threads, progress, c
     pause_after = None
     if pause_at is not None:
         pause_after = pause_at - time.time()
-        if pause_after <= 0 and not (out_dir / CHECKPOINT_DIR / (Path(run_name(cfg)).stem + ".pt")).exists():
+        if pause_after <= 0 and not checkpoint_path(out_dir, cfg).exists():
             return None
         pause_after = max(pause_after, 0.0)
     return run_file(cfg, out_dir, device, max_seconds, threads=threads, progress=progress, command=command,
@@ -244,14 +256,10 @@ def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1,
     todo, done = [], []
     for c in configs:
         path = out_dir / run_name(c)
-        diff = _stored_config_mismatch(path, c) if path.exists() else {"file": "missing"}
-        if not diff:
+        if _finished(path, c):
             done.append(path)
-        elif set(diff) == {"file"}:
-            todo.append(c)
         else:
-            raise ValueError(f"{path} holds a run with other settings (stored vs requested: {diff}); "
-                             "use another --out folder")
+            todo.append(c)
     if progress:
         print(f"{len(configs)} runs in the grid, {len(done)} already done, {len(todo)} to run", flush=True)
     args = (device, max_seconds)
