@@ -7,8 +7,8 @@
 * :mod:`psgdlib.tasks`, :mod:`psgdlib.train`, :mod:`psgdlib.experiments` -- the problems,
   the training loop and the experiment runner.
 """
-from .optim import PSGD
+from .optim import PSGD, NonFiniteStepError
 from .preconditioners import Dense, Diag, Kron
 
 __version__ = "0.1.0"
-__all__ = ["PSGD", "Dense", "Kron", "Diag", "__version__"]
+__all__ = ["PSGD", "NonFiniteStepError", "Dense", "Kron", "Diag", "__version__"]
