@@ -169,6 +169,9 @@ class PSGD(Optimizer):
         self._nf_host: Tensor | None = None            # CUDA: pinned copy of the counter
         self._nf_event: torch.cuda.Event | None = None  # ... and the event of that copy
         self._nf_warned = 0                            # counter value at the last warning
+        # p -> (its state's "precond" dict, the object wrapping those tensors): built once,
+        # rebuilt only when the dict is replaced (load_state_dict)
+        self._pc_cache: dict[Tensor, tuple[dict, Preconditioner]] = {}
 
     # ---------------------------------------------------------- validation
     def add_param_group(self, param_group: dict) -> None:
@@ -287,13 +290,21 @@ class PSGD(Optimizer):
         cls, dims = self._precond_spec(group, p)
         return cls(*dims, init_scale=group["precond_init_scale"], dtype=p.dtype, device=p.device)
 
-    def _precond_of(self, state: dict, make: Callable[[], Preconditioner]) -> Preconditioner:
-        if "precond" not in state:
+    def _precond_of(self, p: Tensor, make: Callable[[], Preconditioner]) -> Preconditioner:
+        """The preconditioner kept in ``self.state[p]`` (made by ``make`` at the first step)."""
+        state = self.state[p]
+        d = state.get("precond")
+        hit = self._pc_cache.get(p)
+        if hit is not None and hit[0] is d:
+            return hit[1]
+        if d is None:
             pc = make()
             state["precond"] = pc.state_dict()
             state["precond_kind"] = _CLASSES.index(type(pc))
-            return pc
-        return _CLASSES[state["precond_kind"]].from_state_dict(state["precond"])
+        else:
+            pc = _CLASSES[state["precond_kind"]].from_state_dict(d)
+        self._pc_cache[p] = (state["precond"], pc)
+        return pc
 
     @staticmethod
     def _shape_for(pc: Preconditioner, t: Tensor) -> Tensor:
@@ -329,11 +340,14 @@ class PSGD(Optimizer):
 
     @staticmethod
     def _all_finite(loss: Tensor | None, grads: list[Tensor]) -> Tensor:
-        """0-d bool tensor: the loss and every gradient entry are finite (on device, no sync)."""
-        flags = [torch.isfinite(g).all() for g in grads]
+        """0-d bool tensor: the loss and every gradient entry are finite (on device, no sync).
+
+        One ``amax(|g|)`` per gradient (max propagates NaN and keeps inf), then one check.
+        """
+        tops = [g.detach().abs().amax() for g in grads]   # stack promotes mixed dtypes
         if loss is not None:
-            flags.append(torch.isfinite(loss).all())
-        return torch.stack(flags).all()
+            tops.append(loss.detach().abs().amax())
+        return torch.isfinite(torch.stack(tops).amax() if len(tops) > 1 else tops[0])
 
     def _raise_nonfinite(self, loss: Tensor | None, params: list[Tensor], grads: list[Tensor]) -> None:
         bad = [self._index(p) for p, g in zip(params, grads) if not bool(torch.isfinite(g).all())]
@@ -375,7 +389,7 @@ class PSGD(Optimizer):
             if gp:
                 self._step_group(group, gp, gdict, pair, update, ok)
         self._num_steps += 1
-        self._nonfinite += (~ok).to(torch.int64)
+        self._nonfinite += ~ok
         self._watch_nonfinite()
         return loss.detach() if loss is not None else None
 
@@ -397,7 +411,7 @@ class PSGD(Optimizer):
         if group["preconditioner"] == "dense":
             n = sum(p.numel() for p in gp)
             p0 = gp[0]
-            pc = self._precond_of(self.state[p0], lambda: Dense(
+            pc = self._precond_of(p0, lambda: Dense(
                 n, init_scale=group["precond_init_scale"], dtype=p0.dtype, device=p0.device))
             if update:
                 pc.update(torch.cat([pair[p][0].reshape(-1) for p in gp]),
@@ -408,12 +422,11 @@ class PSGD(Optimizer):
         else:
             pgs = []
             for p in gp:
-                st = self.state[p]
-                pc = self._precond_of(st, lambda p=p: self._new_precond(group, p))
+                pc = self._precond_of(p, lambda p=p: self._new_precond(group, p))
                 if update:
-                    pc.update(self._shape_for(pc, pair[p][0]), self._shape_for(pc, pair[p][1]),
-                              group["precond_lr"], accept=ok)
-                    st["precond"]["num_updates"] = pc.num_updates
+                    v, h = pair[p]
+                    pc.update(self._shape_for(pc, v), self._shape_for(pc, h), group["precond_lr"], accept=ok)
+                    self.state[p]["precond"]["num_updates"] = pc.num_updates
                 pgs.append(pc.precondition(self._shape_for(pc, gdict[p])).view_as(p))
 
         if group["clip_norm"] is not None:

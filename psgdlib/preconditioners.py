@@ -108,7 +108,7 @@ class Preconditioner:
 
     def _accept(self, ok: Tensor, *pairs: tuple[Tensor, Tensor]) -> None:
         """Write ``new`` into ``old`` in place where ``ok`` (a 0-d bool tensor); count rejects."""
-        self._skipped += (~ok).to(torch.int64)
+        self._skipped += ~ok
         for old, new in pairs:
             old.copy_(torch.where(ok, new, old))
 
@@ -221,7 +221,7 @@ class Dense(Preconditioner):
         a = torch.where(ok, a * scale, torch.zeros_like(a))
         b = torch.where(ok, b * scale, torch.zeros_like(b))
         _relgrad_step_(Q, a, b, lr)
-        self._skipped += (~ok).to(torch.int64)
+        self._skipped += ~ok
         self.num_updates += 1
 
 
@@ -271,10 +271,15 @@ class Kron(Preconditioner):
         return self.Q1.T @ (self.Q1 @ g @ self.Q2.T) @ self.Q2
 
     def _ab(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        # a = Q1 H Q2^T,  b = Q1^{-T} V Q2^{-1}
+        """``a = Q1 H Q2^T`` and ``b = Q1^{-T} V Q2^{-1}``, both (m, n).
+
+        Both solves are right-hand solves with the upper triangular factors themselves:
+        ``(Q1^{-T} V)^T = V^T Q1^{-1}``.  On transposed (column-major) views LAPACK needs no
+        copies (3x faster on the CPU than a left solve with the view ``Q1^T``).
+        """
         a = self.Q1 @ h @ self.Q2.T
-        b = torch.linalg.solve_triangular(self.Q1.T, v, upper=False)
-        b = torch.linalg.solve_triangular(self.Q2, b, upper=True, left=False)
+        bt = torch.linalg.solve_triangular(self.Q1, v.T, upper=True, left=False)  # (n, m)
+        b = torch.linalg.solve_triangular(self.Q2, bt.T, upper=True, left=False)
         return a, b
 
     def criterion(self, v: Tensor, h: Tensor) -> Tensor:
@@ -292,17 +297,23 @@ class Kron(Preconditioner):
         v, h = self._check(v, "v"), self._check(h, "h")
         Q1, Q2 = self.Q1, self.Q2
         a, b = self._ab(v, h)
-        grad1 = torch.triu(a @ a.T - b @ b.T)
-        grad2 = torch.triu(a.T @ a - b.T @ b)
-        g1max, g2max = grad1.abs().max(), grad2.abs().max()
-        Q1n = Q1 - (lr / (g1max + _TINY)) * (grad1 @ Q1)
-        Q2n = Q2 - (lr / (g2max + _TINY)) * (grad2 @ Q2)
+        grad1 = torch.addmm(a @ a.T, b, b.T, alpha=-1).triu_()   # triu(a a^T - b b^T), (m, m)
+        grad2 = torch.addmm(a.T @ a, b.T, b, alpha=-1).triu_()   # triu(a^T a - b^T b), (n, n)
+        g1max, g2max = grad1.abs().amax(), grad2.abs().amax()
+        # Q <- Q - (lr / max|grad|) grad @ Q, the step folded into grad (one product each)
+        Q1n = torch.addmm(Q1, grad1.mul_(lr / (g1max + _TINY)), Q1, alpha=-1)
+        Q2n = torch.addmm(Q2, grad2.mul_(lr / (g2max + _TINY)), Q2, alpha=-1)
         # rebalance the scale between the two factors (P is unchanged)
-        r = torch.sqrt(Q1n.diagonal().abs().max() / Q2n.diagonal().abs().max())
-        Q1n, Q2n = Q1n / r, Q2n * r
-        ok = (torch.isfinite(g1max) & torch.isfinite(g2max)
-              & torch.isfinite(Q1n).all() & torch.isfinite(Q2n).all())
-        self._accept(_accepted(ok, accept), (Q1, Q1n), (Q2, Q2n))
+        r = torch.sqrt(Q1n.diagonal().abs().amax() / Q2n.diagonal().abs().amax())
+        Q1n.div_(r)
+        Q2n.mul_(r)
+        # every entry finite: max propagates NaN and keeps inf (one reduction per tensor)
+        top = torch.maximum(torch.maximum(g1max, g2max),
+                            torch.maximum(Q1n.abs().amax(), Q2n.abs().amax()))
+        ok = _accepted(torch.isfinite(top), accept)
+        torch.where(ok, Q1n, Q1, out=Q1)
+        torch.where(ok, Q2n, Q2, out=Q2)
+        self._skipped += ~ok
         self.num_updates += 1
 
 
