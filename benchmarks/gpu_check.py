@@ -3,20 +3,28 @@
     python benchmarks/gpu_check.py
 
 Checks, each against the CPU in the same process: task batches are identical on
-CUDA; the RNN of eq. (1) (fused and loop) and the 2D RNN give the same outputs,
-gradients and Hessian-vector products in float64; then it times
-float32 iterations (SGD, PSGD-Kron hvp / finite_difference) on CUDA vs CPU.
-Exits non-zero on a mismatch.
+CUDA; the RNN of eq. (1) (bptt, fused and loop) and the 2D RNN give the same outputs,
+gradients and Hessian-vector products in float64; ``PSGD.step`` issues no host
+synchronisation (``torch.cuda.set_sync_debug_mode("error")``) for the Kron, Dense and Diag
+preconditioners with every pair source and both closure styles, a non-finite step
+included; then it times float32 iterations (SGD, PSGD-Kron hvp / finite_difference) on
+CUDA vs CPU.  Exits 2 on a mismatch or a sync.  Without CUDA it says so and exits 0 (there
+is nothing to check; ``tests/test_no_sync.py`` guards the step on the CPU).
 """
 from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import torch
 
 from psgdlib import PSGD, tasks
 from psgdlib.models import RNN, RNN2D
+
+PRECONDITIONERS = ("kron", "dense", "diag")
+PAIRS = (("hvp", "psgd"), ("finite_difference", "psgd"), ("finite_difference", "torch"),
+         ("whitening", "psgd"), ("whitening", "torch"))
 
 
 def _close(a, b, tol=1e-9):
@@ -41,10 +49,57 @@ def _time(fn, reps=20):
     return 1000 * (time.perf_counter() - t) / reps
 
 
+def _syncs(fn) -> str | None:
+    """None if ``fn()`` runs with no host synchronisation on CUDA, else the error it raised."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError as e:
+        return str(e).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    return None
+
+
+def check_no_sync(dev: torch.device) -> bool:
+    """PSGD.step on CUDA under ``set_sync_debug_mode("error")``: every preconditioner and pair
+    source, PSGD's and torch's closure style, momentum and clipping on, one non-finite step."""
+    t = tasks.get("addition", 30)
+    b = t.sample(16, generator=torch.Generator().manual_seed(0), device=dev)
+    ok = True
+    for pre in PRECONDITIONERS:
+        for pairs, style in PAIRS:
+            m = RNN(2, 16, 1, generator=torch.Generator().manual_seed(0)).to(dev)
+            opt = PSGD(m.parameters(), preconditioner=pre, pairs=pairs, momentum=0.5, clip_norm=1.0, seed=0)
+
+            def loss(scale: float = 1.0):
+                out = t.loss(m(b.inputs), b) * scale
+                if style == "torch":
+                    opt.zero_grad()
+                    out.backward()
+                return out
+            opt.step(loss)                                   # builds the state
+            model_sync = _syncs(lambda: torch.autograd.grad(t.loss(m(b.inputs), b), list(m.parameters())))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # the non-finite step's warning
+                err = _syncs(lambda: [opt.step(loss), opt.step(lambda: loss(float("nan"))), opt.step(loss)])
+            counted = opt.nonfinite_steps == 1
+            good = err is None and counted
+            ok &= good
+            note = ("" if good else f"  <- {err or 'non-finite step not counted'}"
+                    + (f" (the model's own loss/gradient syncs too: {model_sync})" if model_sync else ""))
+            print(f"PSGD {pre:5s} {pairs:17s} {style:5s} closure: no host sync in step: {good}{note}")
+    return ok
+
+
 def main() -> int:
     if not torch.cuda.is_available():
-        print("no CUDA device: nothing to check")
-        return 1
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False), so there is "
+              "nothing to check; run it on a machine with a GPU (e.g. Colab). On the CPU, "
+              "tests/test_no_sync.py checks that PSGD.step reads nothing back.")
+        return 0
     dev = torch.device("cuda")
     print(torch.cuda.get_device_name(dev), torch.__version__)
     ok = True
@@ -57,7 +112,7 @@ def main() -> int:
         print(f"task {name:22s} CUDA batch == CPU batch: {same}")
     t = tasks.get("addition", 30)
     batch = t.sample(20, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for impl in ("fused", "loop"):
+    for impl in ("bptt", "fused", "loop"):
         m = RNN(2, 16, 1, impl=impl, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         mc = RNN(2, 16, 1, impl=impl, dtype=torch.float64).to(dev)
         mc.load_state_dict(m.state_dict())
@@ -75,6 +130,7 @@ def main() -> int:
     same = _close(_grads_hvp(m2, lambda: ce(m2(x), y)), _grads_hvp(m2c, lambda: ce(m2c(x.to(dev)), y.to(dev))))
     ok &= same
     print(f"RNN2D: float64 grads and HVP CUDA == CPU: {same}")
+    ok &= check_no_sync(dev)
     # timings, float32, hidden 100, T=100, batch 100
     t = tasks.get("addition", 100)
     print("\nfloat32, hidden 100, T~100, batch 100: ms per iteration")

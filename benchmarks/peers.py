@@ -20,7 +20,9 @@ on the same minibatches of the addition problem:
   PSGD of that revision too, as ``psgdlib@REV fd/hvp``, for before/after figures.
 
 A peer that is not installed (``pip install -e .[bench]``) is skipped with a message.
-Timing: after warm-up, round by round, each optimizer runs one iteration (the order
+Timing: on the CPU the clock is this process's CPU time (``--clock wall`` for elapsed
+time), so that other processes on a shared machine do not enter the figures; on CUDA the
+elapsed time with a synchronisation after each iteration.  After warm-up, round by round, each optimizer runs one iteration (the order
 rotates every round); printed are the median ms per iteration, its ratio to SGD's, and
 ``vs psgd_torch``: the median over rounds of psgdlib's time divided by psgd_torch's in the
 same round (same pair type), robust to a machine whose load drifts.  Memory: the peak of
@@ -226,8 +228,10 @@ def peak_bytes(step: Step, batch: tasks.Batch, device: torch.device) -> float:
 
 
 def measure(vs: list[Variant], T: int, hidden: int, batch: int, iters: int, warmup: int,
-            device: torch.device, dtype: torch.dtype = torch.float32) -> None:
-    """Fill ``times`` and ``peak`` of every variant for the addition problem at length T."""
+            device: torch.device, clock: Callable[[], float] = time.perf_counter,
+            dtype: torch.dtype = torch.float32) -> None:
+    """Fill ``times`` (seconds of ``clock``) and ``peak`` of every variant for the addition
+    problem at length T."""
     task = tasks.get("addition", T)
     gen = torch.Generator().manual_seed(0)
     batches = [task.sample(batch, generator=gen, dtype=dtype, device=device) for _ in range(8)]
@@ -248,10 +252,10 @@ def measure(vs: list[Variant], T: int, hidden: int, batch: int, iters: int, warm
         k = i % len(vs)
         for v, s in list(zip(vs, steps))[k:] + list(zip(vs, steps))[:k]:   # rotate the order
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             s(b)
             _sync(device)
-            v.times.append(time.perf_counter() - t0)
+            v.times.append(clock() - t0)
 
 
 def paired_ratio(a: Variant, b: Variant) -> float:
@@ -328,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                    help="cpu: this process's CPU time (default on the CPU: what the iteration "
+                         "computes, not the time other processes take the core); wall: elapsed "
+                         "time (default, and the only sensible one, on CUDA)")
     ap.add_argument("--before", default=None, help="also time the PSGD of this git revision (or folder)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes (T=10, hidden 8, batch 4, 3 rounds; kron_torch's torch.compile off)")
@@ -339,15 +347,17 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
     device = torch.device(a.device)
+    clock_name = a.clock or ("cpu" if device.type == "cpu" else "wall")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     vs = variants(a.before)
     Ts = [int(t) for t in a.T.split(",")]
     where = f"{device.type}, {a.threads} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"addition, RNN of eq. (1) (hidden {a.hidden}), batch {a.batch}, float32, {where}; {_versions()}")
     print(f"commit {_commit()}; {_cpu_name()}; {datetime.date.today().isoformat()}; "
-          f"median of {a.iters} interleaved iterations after {a.warmup} warm-up")
+          f"median of {a.iters} interleaved iterations after {a.warmup} warm-up; {clock_name} clock")
     verdicts = {}
     for T in Ts:
-        measure(vs, T, a.hidden, a.batch, a.iters, a.warmup, device)
+        measure(vs, T, a.hidden, a.batch, a.iters, a.warmup, device, clock)
         lines, verdicts[T] = table(vs, T)
         print("\n".join(lines))
     for pairs in ("fd", "hvp"):
