@@ -255,7 +255,7 @@ class Kron(Preconditioner):
         if x.dim() != 2 or tuple(x.shape) != (self.m, self.n):
             raise ValueError(f"Kron({self.m}, {self.n}): {name} must be a matrix of shape "
                              f"({self.m}, {self.n}), got {tuple(x.shape)}")
-        return x.to(self.Q1.dtype)
+        return x if x.dtype == self.Q1.dtype else x.to(self.Q1.dtype)
 
     @property
     def P1(self) -> Tensor:
@@ -300,17 +300,18 @@ class Kron(Preconditioner):
         grad1 = torch.addmm(a @ a.T, b, b.T, alpha=-1).triu_()   # triu(a a^T - b b^T), (m, m)
         grad2 = torch.addmm(a.T @ a, b.T, b, alpha=-1).triu_()   # triu(a^T a - b^T b), (n, n)
         g1max, g2max = grad1.abs().amax(), grad2.abs().amax()
-        # Q <- Q - (lr / max|grad|) grad @ Q, the step folded into grad (one product each)
-        Q1n = torch.addmm(Q1, grad1.mul_(lr / (g1max + _TINY)), Q1, alpha=-1)
-        Q2n = torch.addmm(Q2, grad2.mul_(lr / (g2max + _TINY)), Q2, alpha=-1)
+        # Q <- Q - lr (grad / max|grad|) @ Q: normalized in place, lr the product's alpha
+        lr = float(lr)
+        Q1n = torch.addmm(Q1, grad1.div_(g1max + _TINY), Q1, alpha=-lr)
+        Q2n = torch.addmm(Q2, grad2.div_(g2max + _TINY), Q2, alpha=-lr)
         # rebalance the scale between the two factors (P is unchanged)
         r = torch.sqrt(Q1n.diagonal().abs().amax() / Q2n.diagonal().abs().amax())
         Q1n.div_(r)
         Q2n.mul_(r)
-        # every entry finite: max propagates NaN and keeps inf (one reduction per tensor)
-        top = torch.maximum(torch.maximum(g1max, g2max),
-                            torch.maximum(Q1n.abs().amax(), Q2n.abs().amax()))
-        ok = _accepted(torch.isfinite(top), accept)
+        # every entry finite: min and max propagate NaN and keep +-inf, and x - x == 0
+        # exactly for a finite x (one pass over each factor, one check for all)
+        t = torch.stack([*torch.aminmax(Q1n), *torch.aminmax(Q2n), g1max, g2max])
+        ok = _accepted((t - t == 0).all(), accept)
         torch.where(ok, Q1n, Q1, out=Q1)
         torch.where(ok, Q2n, Q2, out=Q2)
         self._skipped += ~ok
