@@ -51,7 +51,9 @@ def randn_like(params: Sequence[Tensor], generator: torch.Generator | None) -> l
 _BACKWARD_IN_HVP_CLOSURE = (
     "pairs='hvp' differentiates the loss twice itself, so its closure must only return the loss: "
     "write `def closure(): return loss_fn(model(x), y)`, with no zero_grad() and no backward() "
-    "(this closure called backward(): it filled the .grad fields)")
+    "(this closure called backward(): it filled the .grad fields); PSGD fills .grad itself. "
+    "To keep the standard torch closure, use pairs='finite_difference' (the paper's pairs) or "
+    "pairs='whitening'")
 
 
 def _checked_loss(loss: object, differentiated: bool) -> Tensor:
@@ -143,7 +145,7 @@ def finite_difference(params: Sequence[Tensor], closure: Callable[[], Tensor], g
     """
     if scale is None:
         scale = default_fd_scale(params[0].dtype)
-    vs = [scale * z for z in randn_like(params, generator)]
+    vs = [z.mul_(scale) for z in randn_like(params, generator)]
     saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():

@@ -72,3 +72,27 @@ def test_hvp_requires_graph_and_fd_scale_dtype():
     assert pairs.default_fd_scale(torch.float64) == 2.0 ** -26  # sqrt(eps), eps = 2^-52 (paper)
     with pytest.raises(ValueError, match="floating-point"):
         pairs.default_fd_scale(torch.int64)
+
+
+def test_hvp_refuses_a_standard_closure_and_says_what_to_write():
+    """Under hvp (allow_backward=False) a closure that calls backward() is refused with the
+    closure to write instead and the pair sources that take the standard one; the .grad
+    fields are restored; the same closure is accepted where backward is allowed."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    w.grad = torch.full_like(w, 7.0)
+
+    def torch_closure():
+        w.grad = None
+        loss = (w ** 3).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError) as e:
+        pairs.loss_and_grads(torch_closure, [w], create_graph=True, allow_backward=False)
+    msg = str(e.value)
+    assert "write `def closure(): return loss_fn(model(x), y)`" in msg
+    assert "no zero_grad() and no backward()" in msg and "pairs='finite_difference'" in msg
+    assert torch.equal(w.grad, torch.full_like(w, 7.0))
+    loss, (g,) = pairs.loss_and_grads(torch_closure, [w], allow_backward=True)
+    assert torch.equal(g, 3 * w.detach() ** 2) and float(loss) == 9.0
+    assert torch.equal(w.grad, torch.full_like(w, 7.0))
