@@ -22,10 +22,12 @@ on the same minibatches of the addition problem:
 A peer that is not installed (``pip install -e .[bench]``) is skipped with a message.
 Timing: on the CPU the clock is this process's CPU time (``--clock wall`` for elapsed
 time), so that other processes on a shared machine do not enter the figures; on CUDA the
-elapsed time with a synchronisation after each iteration.  After warm-up, round by round, each optimizer runs one iteration (the order
-rotates every round); printed are the median ms per iteration, its ratio to SGD's, and
-``vs psgd_torch``: the median over rounds of psgdlib's time divided by psgd_torch's in the
-same round (same pair type), robust to a machine whose load drifts.  Memory: the peak of
+elapsed time with a synchronisation after each iteration.  After warm-up, round by round, each optimizer runs one
+iteration (those of one pair type back to back; the orders rotate every round).  Printed:
+the median ms per iteration, its ratio to SGD's, the optimizer's own cost (``above
+floor``), and ``vs psgd_torch``: the median over rounds of psgdlib's time divided by
+psgd_torch's in the same round (same pair type) with its quartiles, robust to a machine
+whose load drifts.  ``--json FILE`` stores every iteration's time.  Memory: the peak of
 tensor memory allocated during one iteration above what was allocated before it (CPU:
 the profiler's allocation events; CUDA: ``torch.cuda.max_memory_allocated``), a multiple
 of SGD's.  Never compare absolute times across machines.
@@ -37,6 +39,7 @@ import contextlib
 import datetime
 import importlib.util
 import io
+import json
 import math
 import os
 import platform
@@ -247,15 +250,34 @@ def measure(vs: list[Variant], T: int, hidden: int, batch: int, iters: int, warm
                 s(batches[i % len(batches)])
     for v, s in zip(vs, steps):
         v.peak = peak_bytes(s, batches[0], device)
+    groups = schedule_groups(vs)
+    step_of = {id(v): s for v, s in zip(vs, steps)}
     for i in range(iters):
         b = batches[i % len(batches)]
-        k = i % len(vs)
-        for v, s in list(zip(vs, steps))[k:] + list(zip(vs, steps))[:k]:   # rotate the order
-            _sync(device)
-            t0 = clock()
-            s(b)
-            _sync(device)
-            v.times.append(clock() - t0)
+        for group in _rotated(groups, i):
+            for v in _rotated(group, i):
+                s = step_of[id(v)]
+                _sync(device)
+                t0 = clock()
+                s(b)
+                _sync(device)
+                v.times.append(clock() - t0)
+
+
+def schedule_groups(vs: list[Variant]) -> list[list[Variant]]:
+    """The variants of one pair type (floor, psgdlib, psgd_torch, psgdlib@before) as one group,
+    each other variant alone: a round runs a group's iterations back to back, so that the
+    ratios taken within a round compare iterations run within a fraction of a second."""
+    groups: dict[object, list[Variant]] = {}
+    for v in vs:
+        groups.setdefault(v.pairs if v.pairs else id(v), []).append(v)
+    return list(groups.values())
+
+
+def _rotated(xs: list, k: int) -> list:
+    """``xs`` rotated by ``k`` (round k starts with its k-th element): no fixed order."""
+    k %= len(xs)
+    return xs[k:] + xs[:k]
 
 
 def paired_ratio(a: Variant, b: Variant) -> float:
@@ -273,7 +295,7 @@ def table(vs: list[Variant], T: int) -> tuple[list[str], dict[str, float]]:
     peers = {v.pairs: v for v in vs if v.family == "psgd_torch"}
     floors = {v.pairs: v for v in vs if v.family == "floor"}
     lines = [f"{'T=' + str(T):28s} {'ms/iter':>8s} {'x SGD':>6s} {'above floor ms':>14s} {'peak MB':>8s} "
-             f"{'x SGD':>6s} {'vs psgd_torch':>13s}"]
+             f"{'x SGD':>6s} {'vs psgd_torch [quartiles]':>25s}"]
     verdict = {}
     for v in vs:
         t = statistics.median(v.times)
@@ -282,11 +304,13 @@ def table(vs: list[Variant], T: int) -> tuple[list[str], dict[str, float]]:
             above = f"{1000 * statistics.median(x - y for x, y in zip(v.times, floors[v.pairs].times)):14.2f}"
         if v.family in ("psgdlib", "before") and v.pairs in peers:
             r = paired_ratio(v, peers[v.pairs])
-            rel = f"{r:13.3f}"
+            q = statistics.quantiles([x / y for x, y in zip(v.times, peers[v.pairs].times)], n=4) \
+                if len(v.times) > 1 else [r, r, r]
+            rel = f"{r:.3f} [{q[0]:.3f}, {q[2]:.3f}]"
             if v.family == "psgdlib":
                 verdict[v.pairs] = r
         lines.append(f"{v.name:28s} {1000 * t:8.2f} {t / bt:6.2f} {above:>14s} {v.peak / 2 ** 20:8.2f} "
-                     f"{v.peak / bm:6.2f} {rel:>13s}".rstrip())
+                     f"{v.peak / bm:6.2f} {rel:>25s}".rstrip())
     return lines, verdict
 
 
@@ -342,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
                          "computes, not the time other processes take the core); wall: elapsed "
                          "time (default, and the only sensible one, on CUDA)")
     ap.add_argument("--before", default=None, help="also time the PSGD of this git revision (or folder)")
+    ap.add_argument("--json", default=None, help="write every iteration's time (seconds) to this file")
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes (T=10, hidden 8, batch 4, 3 rounds; kron_torch's torch.compile off)")
     a = ap.parse_args(argv)
@@ -360,11 +385,15 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     print(f"addition, RNN of eq. (1) (hidden {a.hidden}), batch {a.batch}, float32, {where}; {_versions()}")
     print(f"commit {_commit()}; {_cpu_name()}; {datetime.date.today().isoformat()}; "
           f"median of {a.iters} interleaved iterations after {a.warmup} warm-up; {clock_name} clock")
-    verdicts = {}
+    verdicts, raw = {}, {}
     for T in Ts:
         measure(vs, T, a.hidden, a.batch, a.iters, a.warmup, device, clock)
         lines, verdicts[T] = table(vs, T)
-        print("\n".join(lines))
+        print("\n".join(lines), flush=True)
+        raw[T] = {v.name: {"times_s": v.times, "peak_bytes": v.peak} for v in vs}
+    if a.json:
+        Path(a.json).write_text(json.dumps({"argv": sys.argv, "commit": _commit(), "clock": clock_name,
+                                            "versions": _versions(), "runs": raw}, indent=1))
     for pairs in ("fd", "hvp"):
         rs = [verdicts[T][pairs] for T in Ts if pairs in verdicts[T]]
         if rs:
