@@ -4,8 +4,9 @@ The addition problem with training lengths ``U{50..100}`` drawn per minibatch
 (``tasks.get("addition_variable", 100)``), evaluated on the addition test set at
 T = 100; an RNN of eq. (1) with 50 hidden units (n = 2701 parameters); the same
 initial weights (``seed``) and the same step size 0.01 for every optimizer; SGD's
-gradient clipped at norm 1 (and PSGD's preconditioned gradient, see below); every run goes through its whole budget
-(``stop_when_solved=False``) so that the learning curves are complete.
+gradient clipped at norm 1 (and PSGD's preconditioned gradient, see below); every run goes on
+after it solves the problem (``stop_when_solved=False``: past the first evaluation with < 1%
+wrong, until one with < 0.1% wrong or the budget), so that the learning curves go on.
 
 **Clipping.** The paper clips SGD's gradient at norm 1 and says nothing about PSGD. Run as
 written (PSGD unclipped), nothing bounds a step ``mu P g`` taken at one of the gradient
@@ -20,13 +21,13 @@ default (``clip=1.0`` for every optimizer; ``TrainConfig.clip`` clips ``g`` for 
 paper-literal variant.
 
 The long run stored in ``results/fig1`` is produced by (resumable; each finished run is one
-JSON file written by :func:`psgdlib.experiments.run_file` through
-:func:`psgdlib.experiments.run_grid`)::
+JSON file written by :func:`psgdlib.runner.run_file` through :func:`psgdlib.runner.run_grid`)::
 
     python -m psgdlib.fig1 run --profile paper --out results/fig1
 
-The paper-literal variant (PSGD unclipped) is exactly the runner's command (the runner has
-no ``--clip`` option, so it cannot express the clipped grid)::
+or, the same grid, by the runner's command line with ``--clip 1`` (``experiments_argv(clip=1.0)``;
+``--clip`` clips ``g`` for SGD and ``P g`` for PSGD, so the one option clips every optimizer
+at 1).  The paper-literal variant (PSGD unclipped) is the runner's command without ``--clip``::
 
     python -m psgdlib.experiments run --problems addition_variable --T 100 --hidden 50 \\
         --optimizers sgd,psgd_kron,psgd_dense --seeds 0-2 --iterations 20000 \\
@@ -45,25 +46,26 @@ In Python::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["PROBLEM", "T", "HIDDEN", "OPTIMIZERS", "LABELS", "COLORS", "PROFILE_SETTINGS",
+from . import curves as _curves
+from . import plotting as _plotting
+from .curves import curves_from_result, final_table
+
+__all__ = ["PROBLEM", "T", "HIDDEN", "OPTIMIZERS", "LABELS", "COLORS", "PROFILE_SETTINGS", "CHANCE_MSE",
            "n_parameters", "kron_factor_dims", "experiment1_configs", "experiments_argv",
            "long_run_command", "run", "curves_from_result", "load_curves", "final_table",
-           "plot_curves", "main"]
+           "plateau_exit", "plot_curves", "main"]
 
 PROBLEM = "addition_variable"
 T = 100
 HIDDEN = 50
 OPTIMIZERS = ("sgd", "psgd_kron", "psgd_dense")
-LABELS = {"sgd": "SGD (clipped at 1)", "psgd_kron": "PSGD, sparse (Kron, eq. 5)",
-          "psgd_dense": "PSGD, dense"}
-COLORS = {"sgd": "tab:gray", "psgd_kron": "tab:blue", "psgd_dense": "tab:red"}
+LABELS = {o: _plotting.LABELS[o] for o in OPTIMIZERS}
+COLORS = {o: _plotting.COLORS[o] for o in OPTIMIZERS}
 
 #: Per profile: iteration budget, evaluation period, test-set size, seeds.  ``dense_iterations``
 #: caps the dense preconditioner's runs (its O(n^2) update dominates an iteration on a CPU,
@@ -105,7 +107,7 @@ def experiment1_configs(profile: str = "cpu", seeds: Iterable[int] | None = None
     ``iterations`` is overridden.
     ``overrides`` replace any other ``TrainConfig`` field (e.g. ``pairs="hvp"``).
     """
-    from .experiments import grid
+    from .runner import grid
     s = _settings(profile)
     seeds = tuple(s["seeds"] if seeds is None else seeds)
     common = dict(problem=PROBLEM, T=T, hidden=HIDDEN, iterations=s["iterations"],
@@ -130,16 +132,19 @@ def _seed_spec(seeds: Sequence[int]) -> str:
     return ",".join(str(s) for s in seeds)
 
 
+
 def experiments_argv(profile: str = "paper", out: str = "results/fig1_noclip", seeds: Iterable[int] | None = None,
-                     iterations: int | None = None) -> list[str]:
-    """Arguments of ``python -m psgdlib.experiments`` for the profile's grid with equal budgets,
-    paper-literal: PSGD unclipped (the runner has no ``--clip``); equals
-    ``experiment1_configs(profile, equal_budgets=True, clip=None)``."""
+                     iterations: int | None = None, clip: float | None = None) -> list[str]:
+    """Arguments of ``python -m psgdlib.experiments`` for the profile's grid with equal budgets;
+    equals ``experiment1_configs(profile, equal_budgets=True, clip=clip)``.  The default
+    ``clip=None`` is the paper-literal grid (PSGD unclipped); ``clip=1.0`` adds ``--clip 1``,
+    the grid of ``python -m psgdlib.fig1 run``."""
     s = _settings(profile)
     return ["run", "--problems", PROBLEM, "--T", str(T), "--hidden", str(HIDDEN),
             "--optimizers", ",".join(OPTIMIZERS), "--seeds", _seed_spec(s["seeds"] if seeds is None else seeds),
             "--iterations", str(iterations or s["iterations"]), "--eval-every", str(s["eval_every"]),
-            "--n-test", str(s["n_test"]), "--no-stop", "--out", str(out)]
+            "--n-test", str(s["n_test"]), "--no-stop", *(["--clip", f"{clip:g}"] if clip is not None else []),
+            "--out", str(out)]
 
 
 def long_run_command(profile: str = "paper", out: str | None = None, clip: bool = True) -> str:
@@ -151,207 +156,49 @@ def long_run_command(profile: str = "paper", out: str | None = None, clip: bool 
     return "python -m psgdlib.experiments " + " ".join(experiments_argv(profile, out))
 
 
-def _check_existing(configs: Sequence[dict], out: Path) -> None:
-    """Refuse to mix grids: a file name encodes the main settings, not every field of the config."""
-    from .experiments import run_name
-    from .train import TrainConfig
-    for c in configs:
-        p = out / run_name(c)
-        if not p.exists():
-            continue
-        want = asdict(TrainConfig(**c).resolved())
-        # a field added to TrainConfig after a file was written has its default there
-        have = {**asdict(TrainConfig(problem=c["problem"], T=c["T"])), **json.loads(p.read_text()).get("config", {})}
-        diff = sorted(k for k in want if have.get(k) != want[k])
-        if diff:
-            raise ValueError(f"{p} holds a run with other settings ({', '.join(f'{k}={have.get(k)!r}' for k in diff)}"
-                             f" instead of {', '.join(f'{k}={want[k]!r}' for k in diff)}); use another --out")
-
-
 def run(profile: str = "paper", out: str | os.PathLike = "results/fig1", jobs: int = 1,
         device: str | None = None, seeds: Iterable[int] | None = None, progress: bool = True,
         command: str | None = None, **overrides: Any) -> list[Path]:
-    """Run (or finish) the profile's grid with equal budgets through ``experiments.run_grid``.
+    """Run (or finish) the profile's grid with equal budgets through :func:`psgdlib.runner.run_grid`
+    (which refuses a stored run made with other settings before anything trains).
 
     ``overrides`` go to :func:`experiment1_configs` (e.g. ``clip=None``, ``iterations=...``).
     The files written by this call get ``command`` (default: the ``python -m psgdlib.fig1``
     command line) as their provenance command.
     """
-    from .experiments import run_grid
+    from . import runner
     configs = experiment1_configs(profile, seeds=seeds, equal_budgets=True, **overrides)
-    out = Path(out)
-    _check_existing(configs, out)
     command = command or "python -m psgdlib.fig1 " + " ".join(sys.argv[1:])
-    return run_grid(configs, out, jobs=jobs, device=device, progress=progress, command=command)
+    return runner.run_grid(configs, Path(out), jobs=jobs, device=device, progress=progress, command=command)
 
 
-# --------------------------------------------------------------------------- loading
-def curves_from_result(result: dict, source: str = "") -> "Any":
-    """The learning curve of one result dict (``train`` output or result file) as a DataFrame."""
-    import pandas as pd
-    c = result["config"]
-    curve = result.get("curve") or {}
-    df = pd.DataFrame({k: curve.get(k, []) for k in ("iteration", "train_loss", "test_loss",
-                                                     "test_error", "wall_time")})
-    df.insert(0, "seed", int(c["seed"]))
-    df.insert(0, "optimizer", c["optimizer"])
-    df["pairs"] = c.get("pairs")
-    df["hidden"] = c.get("hidden")
-    df["clip"] = c.get("clip")
-    df["problem"] = c.get("problem")
-    df["source"] = source
-    return df
+# --------------------------------------------------------- Fig. 1's curves, tables, plots
+CHANCE_MSE: float = 1 / 24
+"""Test MSE of the constant prediction 0.5 on the addition variant (the plateau of Fig. 1)."""
+
+_YLABELS = {"test_loss": "test MSE (addition, T = 100)", "train_loss": "training MSE (lengths 50..100)",
+            "test_error": "test error rate (|y - target| >= 0.04)"}
 
 
 def load_curves(dirs: str | os.PathLike | Iterable[str | os.PathLike], problem: str | None = PROBLEM,
                 hidden: int | None = HIDDEN):
-    """Every learning curve stored under ``dirs`` (result files of ``experiments.run_file``).
-
-    Returns a long DataFrame with one row per evaluation: ``optimizer, seed, iteration,
-    train_loss, test_loss, test_error, wall_time, pairs, clip, hidden, problem, source``.  Runs
-    of other problems / hidden sizes are skipped (``None`` keeps them), so are files that are
-    not result files and runs that ended non-finite (no curve).  Missing folders give an
-    empty table.  When one run (optimizer, seed, pairs, clip) is stored more than once, e.g.
-    rerun with a longer budget, only the longest curve is kept.
-    """
-    import pandas as pd
-    if isinstance(dirs, (str, os.PathLike)):
-        dirs = [dirs]
-    frames = []
-    for d in dirs:
-        d = Path(d)
-        if not d.is_dir():
-            continue
-        for f in sorted(d.rglob("*.json")):
-            try:
-                r = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if not isinstance(r, dict) or "config" not in r or not r.get("curve"):
-                continue
-            c = r["config"]
-            if problem is not None and c.get("problem") != problem:
-                continue
-            if hidden is not None and c.get("hidden") != hidden:
-                continue
-            frames.append(curves_from_result(r, str(f)))
-    cols = ["optimizer", "seed", "iteration", "train_loss", "test_loss", "test_error", "wall_time",
-            "pairs", "clip", "hidden", "problem", "source"]
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    df = pd.concat(frames, ignore_index=True)[cols]
-    key = ["problem", "hidden", "optimizer", "seed", "pairs", "clip"]
-    runs = (df.groupby("source", sort=False).agg(**{c: (c, "first") for c in key}, _len=("iteration", "max"))
-            .reset_index().sort_values(["_len", "source"], ascending=[False, True]))
-    keep = set(runs.drop_duplicates(key, keep="first")["source"])   # the longest copy of each run
-    return df[df["source"].isin(keep)].reset_index(drop=True)
-
-
-def _by_optimizer_and_seed(table):
-    """Rows sorted in the order of :data:`OPTIMIZERS` (SGD, Kron, dense), then by seed."""
-    order = {o: i for i, o in enumerate(OPTIMIZERS)}
-    table = table.sort_values(["optimizer", "seed"], key=lambda s: s.map(order) if s.name == "optimizer" else s)
-    return table.reset_index(drop=True)
-
-
-def final_table(df):
-    """Last evaluation of every run, one row per (optimizer, seed), plus ms/iteration."""
-    import pandas as pd
-    if df.empty:
-        return pd.DataFrame(columns=["optimizer", "seed", "iterations", "final_train_loss",
-                                     "final_test_loss", "final_test_error", "wall_time_s", "ms_per_iteration"])
-    last = df.sort_values("iteration").groupby(["optimizer", "seed"], sort=False).tail(1)
-    out = pd.DataFrame({
-        "optimizer": last["optimizer"], "seed": last["seed"], "iterations": last["iteration"],
-        "final_train_loss": last["train_loss"], "final_test_loss": last["test_loss"],
-        "final_test_error": last["test_error"], "wall_time_s": last["wall_time"],
-        "ms_per_iteration": 1000 * last["wall_time"] / last["iteration"],
-    })
-    return _by_optimizer_and_seed(out)
-
-
-CHANCE_MSE: float = 1 / 24
-"""Test MSE of the constant prediction 0.5 on the addition variant (the plateau of Fig. 1)."""
+    """:func:`psgdlib.curves.load_curves` with Fig. 1's problem and hidden size as defaults."""
+    return _curves.load_curves(dirs, problem=problem, hidden=hidden)
 
 
 def plateau_exit(df, fraction: float = 0.5, chance: float = CHANCE_MSE):
-    """When each run left the plateau: the first evaluation whose test MSE is below
-    ``fraction * chance`` (default: half the MSE of predicting 0.5), one row per
-    (optimizer, seed) of ``df`` (from :func:`load_curves`).
-
-    Columns: ``iterations_run``, ``left_plateau`` (bool), ``iteration`` and ``wall_time_s`` of
-    the exit (NaN when the run never left), ``final_test_loss``.
-    """
-    import pandas as pd
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    rows = []
-    for (opt, seed), g in df.sort_values("iteration").groupby(["optimizer", "seed"], sort=False):
-        below = g[g["test_loss"] < fraction * chance]
-        hit = below.iloc[0] if len(below) else None
-        rows.append({"optimizer": opt, "seed": seed, "iterations_run": int(g["iteration"].max()),
-                     "left_plateau": hit is not None,
-                     "iteration": float(hit["iteration"]) if hit is not None else float("nan"),
-                     "wall_time_s": float(hit["wall_time"]) if hit is not None else float("nan"),
-                     "final_test_loss": float(g["test_loss"].iloc[-1])})
-    cols = ["optimizer", "seed", "iterations_run", "left_plateau", "iteration", "wall_time_s", "final_test_loss"]
-    out = pd.DataFrame(rows, columns=cols)
-    return _by_optimizer_and_seed(out)
-
-
-# -------------------------------------------------------------------------- plotting
-_YLABELS = {"test_loss": "test MSE (addition, T = 100)", "train_loss": "training MSE (lengths 50..100)",
-            "test_error": "test error rate (|y - target| >= 0.04)"}
-_XLABELS = {"iteration": "iteration", "wall_time": "wall time (s, training only)"}
+    """:func:`psgdlib.curves.plateau_exit`: the first evaluation of each run whose test MSE is
+    below ``fraction * chance`` (default: half the MSE of predicting 0.5)."""
+    return _curves.plateau_exit(df, chance=chance, fraction=fraction)
 
 
 def plot_curves(df, x: str = "iteration", y: str = "test_loss", ax=None,
                 optimizers: Sequence[str] | None = None, logy: bool = True, chance: float | None = None,
                 title: str | None = None):
-    """Learning curves of ``df`` (from :func:`load_curves`): the median over seeds as a bold line
-    (robust when one seed stays on the plateau while the others fall by decades), every seed as a
-    faint line.
-
-    ``x``: ``"iteration"`` or ``"wall_time"``; ``y``: ``"test_loss"``, ``"train_loss"`` or
-    ``"test_error"``.  The mean is taken at the evaluation points every seed reached
-    (the median of the wall times too).  ``chance`` draws a dotted reference line (e.g. 1/24 for the
-    test MSE of predicting 0.5).  Returns the axes.
-    """
-    import matplotlib.pyplot as plt
-    if x not in _XLABELS:
-        raise ValueError(f"x must be one of {tuple(_XLABELS)}, got {x!r}")
-    if y not in _YLABELS:
-        raise ValueError(f"y must be one of {tuple(_YLABELS)}, got {y!r}")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.0))
-    present = list(dict.fromkeys(df["optimizer"])) if len(df) else []
-    opts = [o for o in (optimizers or OPTIMIZERS) if o in present]
-    opts += [o for o in present if o not in opts and optimizers is None]
-    for opt in opts:
-        d = df[df["optimizer"] == opt]
-        color = COLORS.get(opt)
-        seeds = sorted(set(d["seed"]))
-        if len(seeds) > 1:
-            for _, g in d.groupby("seed"):
-                g = g.sort_values("iteration")
-                ax.plot(g[x], g[y], color=color, alpha=0.25, lw=0.8)
-        common = set.intersection(*(set(g["iteration"]) for _, g in d.groupby("seed")))
-        m = (d[d["iteration"].isin(common)].groupby("iteration")[[x, y] if x != "iteration" else [y]]
-             .median().reset_index().sort_values("iteration"))
-        label = LABELS.get(opt, opt) + (f" (median of {len(seeds)} seeds)" if len(seeds) > 1 else "")
-        ax.plot(m[x], m[y], color=color, lw=2, label=label)
-    if chance is not None:
-        ax.axhline(chance, color="k", ls=":", lw=1, label="chance (predict 0.5)")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(_XLABELS[x])
-    ax.set_ylabel(_YLABELS[y])
-    if title:
-        ax.set_title(title)
-    if opts or chance is not None:
-        ax.legend(fontsize="small")
-    ax.grid(True, which="both", alpha=0.3)
-    return ax
+    """:func:`psgdlib.plotting.plot_curves` with Fig. 1's axis labels; ``chance`` is labelled
+    as the MSE of predicting 0.5."""
+    return _plotting.plot_curves(df, x, y, ax, optimizers, logy, chance, title, ylabels=_YLABELS,
+                                 labels=LABELS, chance_label="chance (predict 0.5)")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -359,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m psgdlib.fig1", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run the grid through experiments.run_grid (resumable)")
+    r = sub.add_parser("run", help="run the grid through runner.run_grid (resumable)")
     r.add_argument("--profile", choices=tuple(PROFILE_SETTINGS), default="paper")
     r.add_argument("--out", default="results/fig1")
     r.add_argument("--seeds", default=None, help="e.g. 0-2 (default: the profile's)")

@@ -28,6 +28,9 @@ Design choices (measured on this repository's 2-core CPU, 1 torch thread, float3
   float32 perturbation scale ``2^-14``): about as accurate as exact Hessian-vector products
   for this model and cheaper per minibatch (``benchmarks/mnist_epoch.py`` times both).
 * **Profiles**: :data:`PROFILES` (one table; the run times are listed there).
+* **Seeds**: PSGD's own generator is seeded with ``seed + PSGD_SEED_OFFSET`` (``1``), the value
+  of every stored run; the loop is :func:`psgdlib.epochs.train_epochs` on
+  :func:`psgdlib.loop.run_periods`, shared with the synthetic problems.
 
 Checkpoints
 -----------
@@ -51,7 +54,6 @@ import hashlib
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,14 +61,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import batches, load_mnist, subset
+from .data import load_mnist, subset
+from .epochs import EpochState, restore_checkpoint, save_checkpoint, train_epochs
+from .loop import Checkpoint, make_optimizer
 from .models import RNN2D
-from .optim import PSGD
-from .utils import (atomic_torch_save, atomic_write_json, configure_cpu, get_profile, pick_device,
-                    provenance)
+from .utils import atomic_write_json, configure_cpu, get_profile, pick_device, provenance
 
 __all__ = ["PROFILES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_PAIRS", "PAPER_TEST_ERROR",
-           "run_mnist", "make_model", "make_optimizer", "evaluate", "load_data",
+           "PSGD_SEED_OFFSET", "run_mnist", "make_model", "make_optimizer", "evaluate", "load_data",
            "weights_digest", "main"]
 
 OPTIMIZERS = ("sgd", "psgd")
@@ -104,7 +106,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 _SUBSET_SEED = 20160101  # fixed: the subsets do not depend on the run's seed
 _EVAL_BATCH = 1000
-_CKPT_VERSION = 1
+
+#: PSGD's own generator (its perturbations ``v``) is seeded with ``seed + PSGD_SEED_OFFSET``:
+#: the value every stored MNIST run used (the synthetic problems use offset 0; see
+#: :func:`psgdlib.loop.make_optimizer`).  Changing it changes every PSGD run's numbers.
+PSGD_SEED_OFFSET = 1
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -116,18 +122,6 @@ def make_model(seed: int = 0, device: torch.device | str | None = None,
     gen = torch.Generator().manual_seed(int(seed))
     return RNN2D(directions=directions, n_classes=n_classes, dtype=dtype, device=device,
                  generator=gen)
-
-
-def make_optimizer(optimizer: str, params: Sequence[Tensor] | Any, lr: float, *,
-                   pairs: str = DEFAULT_PAIRS, precond_lr: float = 0.01,
-                   preconditioner: str = "kron", seed: int = 0) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` or :class:`~psgdlib.PSGD` (Kronecker preconditioner by default)."""
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if optimizer == "psgd":
-        return PSGD(params, lr=lr, precond_lr=precond_lr, preconditioner=preconditioner,
-                    pairs=pairs, seed=seed)
-    raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -203,79 +197,11 @@ def _positive_int_or_none(name: str, v: Any) -> None:
     if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ------------------------------------------------------------------------------- run
-def run_mnist(
-    optimizer: str = "psgd",
-    profile: str | None = None,
-    epochs: int | None = None,
-    lr: float = DEFAULT_LR,
-    batch_size: int = 100,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    root: str | os.PathLike | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    pairs: str = DEFAULT_PAIRS,
-    precond_lr: float = 0.01,
-    preconditioner: str = "kron",
-    clip_norm: float | None = None,
-    directions: Any = None,
-    dataset: str = "mnist",
-    data: Sequence[Tensor] | None = None,
-    log_every: int = 50,
-    dtype: torch.dtype = torch.float32,
-    verbose: bool = True,
-    return_model: bool = False,
-) -> dict[str, Any]:
-    """Train the 2D RNN on MNIST with SGD or PSGD; returns the learning curves.
-
-    Args:
-        optimizer: ``"sgd"`` or ``"psgd"``.
-        profile: ``"smoke"``, ``"cpu"`` or ``"paper"`` (default ``$PSGD_PROFILE``, else
-            ``"cpu"``); sets ``epochs``, ``train_limit`` and ``test_limit`` from
-            :data:`PROFILES` unless they are given.
-        epochs: passes over the training images.
-        lr: step size, the same for both optimizers (paper's protocol).
-        batch_size: minibatch size (paper: 100).
-        seed: initial weights, minibatch order (and PSGD's own generator) come from it.
-        device: default CUDA when available, else CPU.
-        root: data root for :func:`~psgdlib.data.load_mnist` (default ``$PSGD_DATA``).
-        checkpoint_dir: save a checkpoint after every epoch there and resume from it.
-        progress: tqdm progress bar over the minibatches.
-        train_limit, test_limit: use a fixed random subset of that many images (``None``:
-            the profile's value; a number at least the set's size: all of it, e.g.
-            ``test_limit=10_000`` for the whole MNIST test set in the ``smoke`` profile).
-        pairs: PSGD's pair source (``"finite_difference"``, ``"hvp"``, ``"whitening"``).
-        precond_lr: PSGD's preconditioner step (paper: 0.01).
-        preconditioner: ``"kron"`` (paper), ``"diag"`` or ``"dense"``.
-        clip_norm: clip the (preconditioned) gradient norm; ``None`` = no clipping.
-        directions: sweep directions of the 2D RNN (``None``: all top-left; ``"alternate"``).
-        dataset: ``"mnist"`` or ``"fashion_mnist"``.
-        data: ``(train_images, train_labels, test_images, test_labels)`` tensors to use
-            instead of loading ``dataset`` (images ``(N, 1, 28, 28)`` in [0, 1]).
-        log_every: record the mean training loss every ``log_every`` minibatches.
-        dtype: parameter dtype (float32).
-        verbose: print one line per epoch.
-        return_model: also return the trained model under ``"model"`` (not JSON-able).
-
-    Returns:
-        a dict with ``config``, ``history`` (per evaluation, epoch 0 = initial weights:
-        ``epoch``, ``iteration``, ``test_error``, ``test_loss``, ``train_loss`` (mean over
-        the epoch; ``None`` at epoch 0), ``epoch_time_s`` (training time of the epoch), ``train_time_s``
-        (cumulative), ``eval_time_s``), ``train_log`` (``iteration``, ``loss``: running
-        means every ``log_every`` minibatches), ``final_test_error``, ``diverged``,
-        ``initial_weights_sha256``, ``final_weights_sha256``, ``num_parameters``,
-        ``resumed_from_epoch`` and ``provenance``.
-    """
-    # ------------------------------------------------------------ argument checks
+def _checked(optimizer: str, profile: str | None, epochs: int | None, lr: float, batch_size: int,
+             train_limit: int | None, test_limit: int | None, log_every: int,
+             clip_norm: float | None) -> tuple[str, int, int | None, int | None]:
+    """Validate the arguments of :func:`run_mnist`; returns profile, epochs and the limits."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
     profile = get_profile() if profile is None else profile
@@ -289,195 +215,93 @@ def run_mnist(
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    _positive_int_or_none("batch_size", batch_size)
+    for name, v in (("batch_size", batch_size), ("train_limit", train_limit), ("test_limit", test_limit),
+                    ("log_every", log_every)):
+        _positive_int_or_none(name, v)
     if batch_size is None:
         raise ValueError("batch_size must be a positive integer")
-    _positive_int_or_none("train_limit", train_limit)
-    _positive_int_or_none("test_limit", test_limit)
-    _positive_int_or_none("log_every", log_every)
     if log_every is None:
         raise ValueError("log_every must be a positive integer")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+    return profile, epochs, train_limit, test_limit
+
+
+def run_mnist(
+    optimizer: str = "psgd", profile: str | None = None, epochs: int | None = None, lr: float = DEFAULT_LR,
+    batch_size: int = 100, seed: int = 0, device: torch.device | str | None = None,
+    root: str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True, train_limit: int | None = None, test_limit: int | None = None,
+    pairs: str = DEFAULT_PAIRS, precond_lr: float = 0.01, preconditioner: str = "kron",
+    clip_norm: float | None = None, directions: Any = None, dataset: str = "mnist",
+    data: Sequence[Tensor] | None = None, log_every: int = 50, dtype: torch.dtype = torch.float32,
+    verbose: bool = True, return_model: bool = False,
+) -> dict[str, Any]:
+    """Train the 2D RNN on MNIST with ``optimizer`` ``"sgd"`` or ``"psgd"`` through
+    :func:`psgdlib.loop.run_periods` (one period per epoch); returns the learning curves.
+
+    ``profile`` (default ``$PSGD_PROFILE``, else ``cpu``) sets ``epochs``, ``train_limit`` and
+    ``test_limit`` (a fixed random subset of that many images; a number at least the set's size:
+    all of it) from :data:`PROFILES` unless they are given.  ``lr`` and ``batch_size`` (paper:
+    100) are the same for both optimizers; ``seed`` gives the initial weights, the minibatch
+    order, and PSGD's generator (``seed + PSGD_SEED_OFFSET``).  PSGD: ``pairs``, ``precond_lr``,
+    ``preconditioner`` (``kron``: eq. (5)).  ``clip_norm`` clips ``g`` (SGD) or ``P g`` (PSGD).
+    ``directions``: the 2D RNN's sweeps (None: top-left; ``"alternate"``).  ``data``:
+    ``(train_images, train_labels, test_images, test_labels)`` instead of loading ``dataset``
+    (``"mnist"``/``"fashion_mnist"`` from ``root`` or ``$PSGD_DATA``; images ``(N, 1, 28, 28)``
+    in [0, 1]).  ``checkpoint_dir``: save after every epoch and resume from there.
+    ``log_every``: minibatches per running mean of the training loss; a non-finite one (or a
+    non-finite epoch mean) ends the run as ``diverged``.
+
+    Returns ``config``, ``history`` (per evaluation, epoch 0 = initial weights: ``epoch``,
+    ``iteration``, ``test_error``, ``test_loss``, ``train_loss`` (mean over the epoch; None at
+    epoch 0), ``epoch_time_s``, ``train_time_s`` (cumulative), ``eval_time_s``), ``train_log``
+    (``iteration``, ``loss``), ``final_test_error``, ``best_test_error``, ``diverged``,
+    ``num_parameters``, ``initial_weights_sha256``, ``final_weights_sha256``,
+    ``resumed_from_epoch``, ``paper_test_error``, ``provenance`` (and ``model`` when
+    ``return_model``).
+    """
+    profile, epochs, train_limit, test_limit = _checked(optimizer, profile, epochs, lr, batch_size, train_limit,
+                                                        test_limit, log_every, clip_norm)
     device = pick_device(device)
     if device.type == "cpu":
         configure_cpu()
-
-    config = dict(optimizer=optimizer, profile=profile, epochs=epochs, lr=float(lr),
-                  batch_size=batch_size, seed=seed, train_limit=train_limit,
-                  test_limit=test_limit, dataset=dataset if data is None else "tensors",
-                  clip_norm=clip_norm, directions=directions, dtype=str(dtype).replace("torch.", ""),
-                  device=str(device))
-    if optimizer == "psgd":
+    config = dict(optimizer=optimizer, profile=profile, epochs=epochs, lr=float(lr), batch_size=batch_size,
+                  seed=seed, train_limit=train_limit, test_limit=test_limit,
+                  dataset=dataset if data is None else "tensors", clip_norm=clip_norm, directions=directions,
+                  dtype=str(dtype).replace("torch.", ""), device=str(device))
+    psgd = optimizer == "psgd"
+    if psgd:
         config.update(pairs=pairs, precond_lr=precond_lr, preconditioner=preconditioner)
-
-    # ------------------------------------------------------------------ set-up
     model = make_model(seed, device=device, dtype=dtype, directions=directions)
-    opt = make_optimizer(optimizer, model.parameters(), lr, pairs=pairs, precond_lr=precond_lr,
-                         preconditioner=preconditioner, seed=seed + 1)
-    if optimizer == "psgd" and clip_norm is not None:
-        for g in opt.param_groups:
-            g["clip_norm"] = float(clip_norm)
+    opt = make_optimizer(optimizer, model.parameters(), lr, precond_lr, pairs, clip_norm if psgd else None,
+                         seed=seed + PSGD_SEED_OFFSET, preconditioner=preconditioner if psgd else None)
     init_digest = weights_digest(model)
-    xtr, ytr, xte, yte = load_data(dataset, root, train_limit, test_limit, data,
-                                   n_classes=model.n_classes)
+    xtr, ytr, xte, yte = load_data(dataset, root, train_limit, test_limit, data, n_classes=model.n_classes)
     xtr, ytr = xtr.to(device=device, dtype=dtype), ytr.to(device)
     xte, yte = xte.to(device=device, dtype=dtype), yte.to(device)
     config.update(n_train=int(ytr.shape[0]), n_test=int(yte.shape[0]))
     data_gen = torch.Generator().manual_seed(int(seed))
-
-    history: dict[str, list] = {k: [] for k in ("epoch", "iteration", "test_error", "test_loss",
-                                                "train_loss", "epoch_time_s", "train_time_s",
-                                                "eval_time_s")}
-    train_log: dict[str, list] = {"iteration": [], "loss": []}
-    start_epoch, iteration, train_time, diverged = 0, 0, 0.0, False
-    resumed_from = None
-
-    ckpt_path = None
+    st, saver, resumed_from = EpochState(), None, None
     if checkpoint_dir is not None:
-        tag = f"mnist-{config['dataset']}-{optimizer}-seed{seed}"
-        ckpt_path = Path(checkpoint_dir) / f"{tag}.pt"
-        if ckpt_path.is_file():
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            if ck.get("version") != _CKPT_VERSION:
-                raise ValueError(f"{ckpt_path}: unknown checkpoint version {ck.get('version')}")
-            old = {k: v for k, v in ck["config"].items() if k != "epochs"}
-            new = {k: v for k, v in config.items() if k != "epochs"}
-            if old != new:
-                diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new)
-                        if old.get(k) != new.get(k)}
-                raise ValueError(f"{ckpt_path} was written by a run with another configuration "
-                                 f"(checkpoint vs now: {diff}); use another checkpoint_dir")
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            data_gen.set_state(ck["rng"]["data"])
-            torch.set_rng_state(ck["rng"]["torch"])
-            if device.type == "cuda" and ck["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
-            history, train_log = ck["history"], ck["train_log"]
-            start_epoch, iteration = ck["epoch"], ck["iteration"]
-            train_time, diverged = ck["train_time_s"], ck["diverged"]
-            resumed_from = start_epoch
-
-    def record(epoch: int, train_loss: float | None, epoch_time: float) -> None:
-        t0 = time.perf_counter()
-        err, loss = evaluate(model, xte, yte)
-        history["epoch"].append(epoch)
-        history["iteration"].append(iteration)
-        history["test_error"].append(err)
-        history["test_loss"].append(loss)
-        history["train_loss"].append(train_loss)
-        history["epoch_time_s"].append(epoch_time)
-        history["train_time_s"].append(train_time)
-        history["eval_time_s"].append(time.perf_counter() - t0)
-        if verbose:
-            tl = "   -  " if train_loss is None else f"{train_loss:.4f}"
-            _write(f"[{optimizer}] epoch {epoch:3d}  train loss {tl}  "
-                   f"test error {100 * err:6.2f}%  test loss {loss:.4f}  "
-                   f"({epoch_time:.1f} s train)", progress)
-
-    if not history["epoch"]:
-        record(0, None, 0.0)
-
-    def closure_for(xb: Tensor, yb: Tensor):
-        def closure() -> Tensor:
-            return F.cross_entropy(model(xb), yb)
-        return closure
-
-    # ------------------------------------------------------------------ train
-    n_batches = math.ceil(ytr.shape[0] / batch_size)
-    for epoch in range(start_epoch + 1, epochs + 1):
-        if diverged:
-            break
-        model.train()
-        _sync(device)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        win_sum = torch.zeros((), dtype=torch.float64, device=device)
-        win_n, n_seen = 0, 0
-        bar = _bar(n_batches, f"{optimizer} epoch {epoch}/{epochs}", progress)
-        for xb, yb in batches(xtr, ytr, batch_size, generator=data_gen):
-            if optimizer == "psgd":
-                loss = opt.step(closure_for(xb, yb))
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb), yb)
-                loss.backward()
-                if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-                opt.step()
-                loss = loss.detach()
-            iteration += 1
-            loss_sum += loss * yb.shape[0]
-            n_seen += yb.shape[0]
-            win_sum += loss
-            win_n += 1
-            if win_n == log_every:
-                mean = float(win_sum.item()) / win_n
-                train_log["iteration"].append(iteration)
-                train_log["loss"].append(mean)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean:.4f}")
-                win_sum.zero_()
-                win_n = 0
-                if not math.isfinite(mean):
-                    diverged = True
-                    break
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        _sync(device)
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        train_loss = float(loss_sum.item()) / max(n_seen, 1)
-        if not math.isfinite(train_loss):
-            diverged = True
-        record(epoch, train_loss, epoch_time)
-        if ckpt_path is not None:
-            ck = dict(version=_CKPT_VERSION, config=config, epoch=epoch, iteration=iteration,
-                      model=model.state_dict(), optimizer=opt.state_dict(),
-                      rng=dict(data=data_gen.get_state(), torch=torch.get_rng_state(),
-                               cuda=torch.cuda.get_rng_state(device) if device.type == "cuda"
-                               else None),
-                      history=history, train_log=train_log, train_time_s=train_time,
-                      diverged=diverged)
-            atomic_torch_save(ck, ckpt_path)
-        if diverged and verbose:
-            _write(f"[{optimizer}] the training loss is not finite: stopping (diverged)", progress)
-
+        path = Path(checkpoint_dir) / f"mnist-{config['dataset']}-{optimizer}-seed{seed}.pt"
+        if path.is_file():
+            st = restore_checkpoint(path, config, model, opt, data_gen, device)
+            resumed_from = st.epoch
+        saver = Checkpoint(path, lambda: save_checkpoint(path, config, model, opt, data_gen, st, device), at_stop=True)
+    train_epochs(model, opt, None if psgd else clip_norm, (xtr, ytr, xte, yte), st, saver, data_gen, evaluate,
+                 dict(epochs=epochs, batch_size=batch_size, log_every=log_every, device=device, progress=progress,
+                      name=optimizer, verbose=verbose))
+    h = st.history
     result: dict[str, Any] = dict(
-        config=config,
-        history=history,
-        train_log=train_log,
-        final_test_error=history["test_error"][-1],
-        best_test_error=min(history["test_error"]),
-        diverged=diverged,
-        num_parameters=model.num_parameters(),
-        initial_weights_sha256=init_digest,
-        final_weights_sha256=weights_digest(model),
-        resumed_from_epoch=resumed_from,
-        paper_test_error=PAPER_TEST_ERROR[optimizer],
-        provenance=provenance(device),
-    )
+        config=config, history=h, train_log=st.train_log, final_test_error=h["test_error"][-1],
+        best_test_error=min(h["test_error"]), diverged=st.diverged, num_parameters=model.num_parameters(),
+        initial_weights_sha256=init_digest, final_weights_sha256=weights_digest(model),
+        resumed_from_epoch=resumed_from, paper_test_error=PAPER_TEST_ERROR[optimizer],
+        provenance=provenance(device))
     if return_model:
         result["model"] = model
     return result
-
-
-def _bar(total: int, desc: str, progress: bool):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm  # noqa: PLC0415
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _write(msg: str, progress: bool) -> None:
-    if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-        tqdm.write(msg)
-    else:
-        print(msg, flush=True)
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -1,45 +1,38 @@
-"""One training loop for every optimizer on the synthetic problems (Experiments 1 and 2).
+"""Synthetic problems (Experiments 1 and 2): the run config, the model, and how a run is scored.
 
-Fresh minibatch every iteration, test-set evaluation every ``eval_every``
-iterations, stop when solved (< 1% of the test set wrong); the first
-iteration with < 0.1% wrong is recorded too (spec, "Common conventions").
+A fresh minibatch every iteration (from a generator seeded by :func:`data_seed`), a test-set
+evaluation every ``eval_every`` iterations (:func:`evaluate_test_set`), stop when solved
+(< 1% of the test sequences wrong, :data:`SOLVED`); the first evaluation with < 0.1% wrong
+(:data:`SOLVED_STRICT`) is recorded too.  The iterations themselves (step, clipping,
+checkpoints, pauses, non-finite losses, progress) are :func:`psgdlib.loop.run_periods`'s; the
+result is a :class:`psgdlib.results.RunResult`.  PSGD's own generator is seeded with the run's
+``seed`` (see :func:`psgdlib.loop.make_optimizer`).
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from . import tasks as _tasks
+from .loop import (Checkpoint, LoopState, NonFiniteLossError, RunPaused, load_checkpoint,
+                   make_optimizer, progress_bar, run_periods)
 from .models import LSTM, RNN
-from .optim import PSGD
+from .results import SCREEN_ERROR, SCREEN_N, RunResult, infer_n_test
 from .utils import atomic_torch_save, configure_cpu, pick_device
 
-__all__ = ["OPTIMIZERS", "MODELS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer", "train",
-           "SOLVED", "SOLVED_STRICT", "RunPaused"]
+__all__ = ["OPTIMIZERS", "MODELS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer",
+           "train", "SOLVED", "SOLVED_STRICT", "RunPaused", "data_seed", "evaluate_test_set",
+           "CHECKPOINT_VERSION"]
 
 OPTIMIZERS = ("psgd_kron", "psgd_dense", "psgd_diag", "sgd", "adam")
 MODELS = ("rnn", "lstm")   # the RNN of eq. (1) (the paper's model); an LSTM baseline
 SOLVED = 0.01          # solved: fewer than 1% of the test sequences wrong
 SOLVED_STRICT = 0.001  # also recorded: the first evaluation below 0.1%
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite.
-
-    ``partial`` is what the run did before it diverged, in the form :func:`train` returns
-    (``stopped="non_finite"``, ``iterations_run``, ``wall_time`` and the curve of every finite
-    evaluation; ``final_test_error`` is None: the weights are no longer finite), or None."""
-
-    def __init__(self, message: str, partial: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.partial = partial
+CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -61,7 +54,9 @@ class TrainConfig:
     dtype: str = "float32"
     init_std: float = 0.1
     zero_sum_outputs: bool | None = None  # None: on for 5-bit memorization only (paper)
-    stop_when_solved: bool = True      # False: go on after < 1% wrong, until < 0.1% or the budget (Fig. 1)
+    #: True: stop at the first evaluation with < 1% wrong.  False (Fig. 1): go on after that,
+    #: and stop at the first evaluation with < 0.1% wrong or at the budget.
+    stop_when_solved: bool = True
     model: str = "rnn"                 # "rnn": eq. (1); "lstm": the LSTM baseline
 
     def resolved(self) -> "TrainConfig":
@@ -99,58 +94,48 @@ def build_model(task: _tasks.Task, hidden: int, seed: int, dtype: torch.dtype = 
                zero_sum_outputs=zero_sum_outputs, dtype=dtype, generator=gen).to(device)
 
 
-def make_optimizer(name: str, params, lr: float, precond_lr: float = 0.01, pairs: str = "hvp",
-                   clip: float | None = None, seed: int = 0) -> torch.optim.Optimizer:
-    """``psgd_kron``/``psgd_dense``/``psgd_diag`` (update (4)), ``sgd`` or ``adam`` (torch.optim)."""
-    if name.startswith("psgd_"):
-        return PSGD(params, lr=lr, precond_lr=precond_lr, preconditioner=name[5:], pairs=pairs,
-                    clip_norm=clip, seed=seed)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+def data_seed(seed: int) -> int:
+    """Seed of the minibatch generator of run ``seed``: ``1,000,003 (seed + 1)`` (so the runs
+    of every optimizer with one seed see the same minibatches, and seed 0 is not 0)."""
+    return 1_000_003 * (seed + 1)
 
 
 @dataclass
 class History:
+    """The learning curve: one entry per evaluation."""
     iteration: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)   # mean over the last eval_every iterations
     test_error: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     wall_time: list[float] = field(default_factory=list)    # seconds since the start, evaluations excluded
+    n_test: list[int] = field(default_factory=list)         # test sequences scored
 
 
-def _evaluate(task: _tasks.Task, model: RNN, n_test: int, device, dtype) -> tuple[float, float]:
-    """Test error and loss.  Screens on the first chunk (1000 sequences, the prefix of the
-    test set): when that chunk alone already has >= 5% wrong, the run cannot be solved and
-    the chunk's numbers are returned; otherwise the full test set is evaluated (the solved
-    decision is always made on the full set)."""
+def evaluate_test_set(task: _tasks.Task, model: RNN, n_test: int, device, dtype) -> tuple[float, float, int]:
+    """Test error, loss and the number of sequences scored.  Screens on the first chunk
+    (:data:`~psgdlib.results.SCREEN_N` = 1000 sequences, the prefix of the test set): when that
+    chunk alone already has >= 5% wrong, the run cannot be solved and the chunk's numbers are
+    returned; otherwise the full test set is evaluated (the solved decision is always made on
+    the full set)."""
     model.eval()
-    chunk = min(1000, n_test)
+    chunk = min(SCREEN_N, n_test)
     res = task.evaluate(model, n=chunk, chunk=chunk, device=device, dtype=dtype)
-    if res.error_rate < 0.05 and n_test > chunk:
+    if res.error_rate < SCREEN_ERROR and n_test > chunk:
         res = task.evaluate(model, n=n_test, chunk=chunk, device=device, dtype=dtype)
     model.train()
-    return res.error_rate, res.loss
-
-
-CHECKPOINT_VERSION = 1
+    return res.error_rate, res.loss, res.n
 
 
 @dataclass
-class _State:
+class _State(LoopState):
     """Everything a run carries from one iteration to the next besides model and optimizer."""
-    it: int = 0
-    train_time: float = 0.0
     solved_at: int | None = None
     strict_at: int | None = None
     hist: History = field(default_factory=History)
 
 
 def _save_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Generator, st: _State) -> None:
-    """Write the run's whole state (taken at an evaluation, so no partial loss sums) atomically:
-    ``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    """Write the run's whole state (taken at an evaluation, so no partial loss sums) atomically."""
     obj = {"version": CHECKPOINT_VERSION, "config": asdict(c), "model": model.state_dict(),
            "optimizer": opt.state_dict(), "data_rng": data_gen.get_state(),
            "torch_rng": torch.get_rng_state(), "state": asdict(st)}
@@ -158,43 +143,66 @@ def _save_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Gen
 
 
 def _load_checkpoint(path: Path, c: TrainConfig, model, opt, data_gen: torch.Generator) -> _State:
-    """Restore a run from ``path`` (see :func:`_save_checkpoint`); refuses another config."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:   # truncated or foreign file: say which one
-        raise ValueError(f"{path}: not a readable training checkpoint ({e}); delete it to restart the run") from e
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ck.get('version')}, expected {CHECKPOINT_VERSION}")
-    if ck["config"] != asdict(c):
-        diff = {k: (ck["config"].get(k), v) for k, v in asdict(c).items() if ck["config"].get(k) != v}
-        raise ValueError(f"{path} belongs to another run (checkpoint vs now: {diff})")
+    """Restore a run from ``path`` (see :func:`_save_checkpoint`); refuses another config.  A
+    checkpoint written before the curve recorded ``n_test`` gets it inferred
+    (:func:`psgdlib.results.infer_n_test`)."""
+    ck = load_checkpoint(path, CHECKPOINT_VERSION, asdict(c))
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     data_gen.set_state(ck["data_rng"])
     torch.set_rng_state(ck["torch_rng"])
     st = dict(ck["state"])
-    st["hist"] = History(**st["hist"])
+    hist = dict(st["hist"])
+    hist.setdefault("n_test", infer_n_test(hist["test_error"], c.n_test))
+    st["hist"] = History(**hist)
     return _State(**st)
 
 
-class RunPaused(Exception):
-    """Raised by :func:`train` when ``pause_after`` seconds have passed: the run's state is in
-    its checkpoint, and calling :func:`train` again with the same checkpoint continues it."""
+def _minibatches(c: TrainConfig, task, model, data_gen, n: int, device, dtype) -> Iterator:
+    """``n`` iterations' loss closures on fresh minibatches (drawn when the loop asks)."""
+    for _ in range(n):
+        batch = task.sample(c.batch_size, generator=data_gen, device=device, dtype=dtype)
+        yield (lambda b=batch: task.loss(model(b.inputs), b)), None
 
-    def __init__(self, checkpoint: Path, iteration: int):
-        super().__init__(f"paused at iteration {iteration}; state saved in {checkpoint}")
-        self.checkpoint, self.iteration = checkpoint, iteration
+
+def _periods(c: TrainConfig, task, model, data_gen, st: _State, device, dtype) -> Iterator:
+    """Evaluation periods: up to the next multiple of ``eval_every`` or the budget."""
+    while st.it < c.iterations:
+        n = min(c.eval_every - st.it % c.eval_every, c.iterations - st.it)
+        yield _minibatches(c, task, model, data_gen, n, device, dtype)
+
+
+def _evaluation(c: TrainConfig, task, model, st: _State, mean_loss: float, device, dtype, bar,
+                max_seconds: float | None) -> str | None:
+    """Record one point of the curve; returns the reason to stop, or None to go on."""
+    err, tl, n = evaluate_test_set(task, model, c.n_test, device, dtype)
+    for name, v in (("iteration", st.it), ("train_loss", mean_loss), ("test_error", err),
+                    ("test_loss", tl), ("wall_time", st.train_time), ("n_test", n)):
+        getattr(st.hist, name).append(v)
+    bar.set_postfix(loss=f"{mean_loss:.3g}", err=f"{err:.3f}")
+    if err < SOLVED_STRICT and st.strict_at is None:
+        st.strict_at = st.it
+    if err < SOLVED and st.solved_at is None:
+        st.solved_at = st.it
+        if c.stop_when_solved:
+            return "solved"
+    if not c.stop_when_solved and st.strict_at is not None:
+        return "solved_0.1pct"
+    if max_seconds is not None and st.train_time > max_seconds:
+        return "time_limit"
+    return "budget" if st.it >= c.iterations else None
 
 
 def train(config: TrainConfig, device: torch.device | str | None = None, progress: bool = True,
           max_seconds: float | None = None, model: RNN | None = None,
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 2000,
           pause_after: float | None = None) -> dict[str, Any]:
-    """Train one run; returns a JSON-ready dict (config, outcome, curve, wall time).
+    """Train one run; returns its :class:`~psgdlib.results.RunResult` as a JSON-ready dict.
 
-    Stops when solved, at the iteration budget, or after ``max_seconds`` of training
-    (then ``stopped`` says so and the effective budget is ``iterations_run``).
-    Raises :class:`NonFiniteLossError` when the loss becomes NaN/inf.
+    Stops when solved (see :attr:`TrainConfig.stop_when_solved`), at the iteration budget, or
+    after ``max_seconds`` of training (then ``stopped`` says so and the effective budget is
+    ``iterations_run``).  Raises :class:`NonFiniteLossError` (its ``partial`` is the run so
+    far) when the mean training loss of an evaluation period becomes NaN/inf.
 
     With ``checkpoint`` (a file path) the whole state (model, optimizer with its random
     generators, the minibatch generator, torch's global generator, the curve and counters) is
@@ -214,114 +222,35 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
     if model is None:
         model = build_model(task, c.hidden, c.seed, dtype, device, c.init_std, c.zero_sum_outputs, c.model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(c.optimizer, params, c.lr, c.precond_lr, c.pairs,
-                         c.clip if c.optimizer.startswith("psgd") else None, seed=c.seed)
-    data_gen = torch.Generator().manual_seed(1_000_003 * (c.seed + 1))
+    psgd = c.optimizer.startswith("psgd")
+    opt = make_optimizer(c.optimizer, params, c.lr, c.precond_lr, c.pairs, c.clip if psgd else None, seed=c.seed)
+    data_gen = torch.Generator().manual_seed(data_seed(c.seed))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     st = _load_checkpoint(ckpt, c, model, opt, data_gen) if ckpt is not None and ckpt.exists() else _State()
-    bar = tqdm(total=c.iterations, initial=st.it, disable=not progress, leave=False,
-               desc=f"{c.problem} T={c.T} {c.optimizer} s{c.seed}")
+    saver = None if ckpt is None else Checkpoint(
+        ckpt, lambda: _save_checkpoint(ckpt, c, model, opt, data_gen, st), every=checkpoint_every)
+    bar = progress_bar(c.iterations, st.it, f"{c.problem} T={c.T} {c.optimizer} s{c.seed}", progress)
     try:
-        stopped = _loop(c, task, model, opt, params, data_gen, st, device, dtype, bar, max_seconds,
-                        ckpt, checkpoint_every, pause_after)
+        stopped = run_periods(
+            opt, params, None if psgd else c.clip, _periods(c, task, model, data_gen, st, device, dtype), st,
+            lambda s, loss, finite: _evaluation(c, task, model, st, loss, device, dtype, bar, max_seconds)
+            if finite else None, device=device, bar=bar, checkpoint=saver, pause_after=pause_after)
     finally:
         bar.close()
-    return _result(c, st.hist, st.solved_at, st.strict_at, st.it, stopped, st.train_time)
-
-
-def _loop(c: TrainConfig, task, model, opt, params, data_gen, st: _State, device, dtype, bar,
-          max_seconds, ckpt: Path | None, checkpoint_every: int, pause_after: float | None) -> str:
-    """The iterations of :func:`train` from ``st.it`` on; returns why it stopped."""
-    is_psgd = isinstance(opt, PSGD)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    loss_count = 0
-    last_ckpt = st.it
-    started = time.perf_counter()
-    while st.it < c.iterations:
-        t0 = time.perf_counter()
-        batch = task.sample(c.batch_size, generator=data_gen, device=device, dtype=dtype)
-
-        def closure():
-            return task.loss(model(batch.inputs), batch)
-
-        if is_psgd:
-            loss = opt.step(closure)
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss = closure()
-            loss.backward()
-            if c.clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, c.clip)
-            opt.step()
-        loss_sum += loss.detach()
-        loss_count += 1
-        st.it += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        st.train_time += time.perf_counter() - t0
-        bar.update(1)
-        if st.it % c.eval_every and st.it != c.iterations:
-            continue
-        stopped = _evaluation(c, task, model, st, float(loss_sum) / loss_count, device, dtype, bar)
-        loss_sum.zero_()
-        loss_count = 0
-        if stopped is None and max_seconds is not None and st.train_time > max_seconds:
-            stopped = "time_limit"
-        if stopped is not None:
-            return stopped
-        if st.it >= c.iterations:
-            break
-        pause = pause_after is not None and time.perf_counter() - started > pause_after
-        if ckpt is not None and (st.it - last_ckpt >= checkpoint_every or pause):
-            _save_checkpoint(ckpt, c, model, opt, data_gen, st)
-            last_ckpt = st.it
-        if pause:
-            if ckpt is None:
-                raise ValueError("pause_after needs a checkpoint path to save the run's state in")
-            raise RunPaused(ckpt, st.it)
-    return "budget"
-
-
-def _evaluation(c: TrainConfig, task, model, st: _State, mean_loss: float, device, dtype, bar) -> str | None:
-    """Record one point of the curve; returns the reason to stop, or None to go on.
-    Raises :class:`NonFiniteLossError` (with the run so far) on a non-finite training loss."""
-    if not math.isfinite(mean_loss):
+    if stopped == "non_finite":
         msg = (f"{c.problem} T={c.T} {c.optimizer} seed {c.seed}: the training "
                f"loss became non-finite before iteration {st.it}")
-        partial = _result(c, st.hist, st.solved_at, st.strict_at, st.it, "non_finite", st.train_time)
+        partial = _result(c, st, "non_finite")
         partial.update(final_test_error=None, error=msg)
         raise NonFiniteLossError(msg, partial)
-    err, tl = _evaluate(task, model, c.n_test, device, dtype)
-    h = st.hist
-    h.iteration.append(st.it)
-    h.train_loss.append(mean_loss)
-    h.test_error.append(err)
-    h.test_loss.append(tl)
-    h.wall_time.append(st.train_time)
-    bar.set_postfix(loss=f"{mean_loss:.3g}", err=f"{err:.3f}")
-    if err < SOLVED_STRICT and st.strict_at is None:
-        st.strict_at = st.it
-    if err < SOLVED and st.solved_at is None:
-        st.solved_at = st.it
-        if c.stop_when_solved:
-            return "solved"
-    if not c.stop_when_solved and st.strict_at is not None:
-        return "solved_0.1pct"
-    return None
+    return _result(c, st, stopped)
 
 
-def _result(c: TrainConfig, hist: History, solved_at: int | None, strict_at: int | None, it: int,
-            stopped: str, train_time: float) -> dict[str, Any]:
+def _result(c: TrainConfig, st: _State, stopped: str) -> dict[str, Any]:
     """The JSON-ready outcome of a run (what :func:`train` returns)."""
-    return {
-        "config": asdict(c),
-        "solved": solved_at is not None,
-        "iterations_to_solve": solved_at,
-        "iterations_to_0.1pct": strict_at,
-        "iterations_run": it,
-        "stopped": stopped,
-        "final_test_error": hist.test_error[-1] if hist.test_error else None,
-        "wall_time": train_time,
-        "seconds_per_iteration": train_time / max(it, 1),
-        "curve": asdict(hist),
-    }
+    h = st.hist
+    return RunResult(
+        config=asdict(c), solved=st.solved_at is not None, iterations_to_solve=st.solved_at,
+        iterations_to_strict=st.strict_at, iterations_run=st.it, stopped=stopped,
+        final_test_error=h.test_error[-1] if h.test_error else None, wall_time=st.train_time,
+        seconds_per_iteration=st.train_time / max(st.it, 1), curve=asdict(h)).to_dict()

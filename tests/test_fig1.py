@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from psgdlib import experiments, fig1  # noqa: E402
+from psgdlib import experiments, fig1, runner  # noqa: E402
 from psgdlib import tasks as _tasks  # noqa: E402
 from psgdlib.train import TrainConfig, build_model  # noqa: E402
 
@@ -77,12 +77,17 @@ def test_runner_command_is_the_unclipped_grid(monkeypatch, tmp_path):
         seen["configs"], seen["out"] = configs, out_dir
         return []
 
-    monkeypatch.setattr(experiments, "run_grid", fake_run_grid)
+    monkeypatch.setattr(runner, "run_grid", fake_run_grid)
     out = str(tmp_path / "fig1")
     for profile in ("smoke", "paper"):
         assert experiments.main(fig1.experiments_argv(profile, out)) == 0
         assert seen["out"] == out
         assert seen["configs"] == fig1.experiment1_configs(profile, equal_budgets=True, clip=None)
+        # the runner has --clip: with it, its command is the clipped grid of `python -m psgdlib.fig1 run`
+        assert experiments.main(fig1.experiments_argv(profile, out, clip=1.0)) == 0
+        assert seen["configs"] == fig1.experiment1_configs(profile, equal_budgets=True)
+        assert {experiments.run_name(c) for c in seen["configs"]} == {
+            experiments.run_name(c) for c in fig1.experiment1_configs(profile, equal_budgets=True)}
     cmd = fig1.long_run_command(clip=False)
     assert cmd.startswith("python -m psgdlib.experiments run --problems addition_variable --T 100 --hidden 50 "
                           "--optimizers sgd,psgd_kron,psgd_dense --seeds 0-2 --iterations ")
@@ -97,7 +102,7 @@ def test_run_goes_through_run_grid(monkeypatch, tmp_path, capsys):
         seen["configs"], seen["kw"] = configs, kw
         return []
 
-    monkeypatch.setattr(experiments, "run_grid", fake_run_grid)
+    monkeypatch.setattr(runner, "run_grid", fake_run_grid)
     assert fig1.main(["run", "--profile", "paper", "--out", str(tmp_path), "--jobs", "2"]) == 0
     assert seen["configs"] == fig1.experiment1_configs("paper", equal_budgets=True)
     assert seen["kw"]["jobs"] == 2

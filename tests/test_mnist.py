@@ -203,3 +203,18 @@ def test_cli_writes_json_with_provenance(tmp_path, monkeypatch):
     assert list((tmp_path / "ck").glob("*.pt"))
     with pytest.raises(SystemExit):
         mn.main(["--optimizer", "adam"])
+
+
+def test_a_non_finite_loss_stops_the_run_as_diverged(tmp_path):
+    """The loop's one rule: the first non-finite window mean ends the epoch; that epoch is still
+    scored, the run stops there (epochs 2 and 3 never run) and is marked diverged, also when resumed."""
+    xtr, ytr, xte, yte = quadrant_data(n_train=30)
+    xtr = xtr.clone()
+    xtr[:] = float("nan")                     # every minibatch has a NaN loss
+    kw = dict(data=(xtr, ytr, xte, yte), lr=0.05, log_every=2, **FAST)
+    r = run_mnist("sgd", epochs=3, checkpoint_dir=tmp_path, **kw)
+    assert r["diverged"] and r["history"]["epoch"] == [0, 1]
+    assert r["history"]["iteration"] == [0, 2] and r["train_log"]["iteration"] == [2]
+    assert r["train_log"]["loss"][0] != r["train_log"]["loss"][0]        # NaN
+    again = run_mnist("sgd", epochs=3, checkpoint_dir=tmp_path, **kw)   # resumed: nothing more to do
+    assert again["diverged"] and again["resumed_from_epoch"] == 1 and again["history"]["epoch"] == [0, 1]
