@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 from psgdlib import experiments, fig1, runner  # noqa: E402
 from psgdlib import tasks as _tasks  # noqa: E402
+from psgdlib.results import RunResult  # noqa: E402
 from psgdlib.train import TrainConfig, build_model  # noqa: E402
 
 
@@ -136,22 +137,19 @@ def test_run_writes_files_and_refuses_to_mix_grids(tmp_path):
 
 # ------------------------------------------------------------------ fake result files
 def _write_result(d, optimizer, seed, iters, losses, problem="addition_variable", hidden=50, curve=True):
-    """A result file with the layout of experiments.run_file."""
+    """A result file as experiments.run_file writes it (psgdlib.results.RunResult)."""
     cfg = asdict(TrainConfig(problem=problem, T=100, hidden=hidden, optimizer=optimizer, seed=seed,
                              iterations=iters[-1], eval_every=iters[0], stop_when_solved=False).resolved())
     n = len(iters)
-    result = {
-        "config": cfg, "solved": False, "iterations_to_solve": None, "iterations_to_0.1pct": None,
-        "iterations_run": iters[-1], "stopped": "budget", "final_test_error": 0.8,
-        "wall_time": 0.01 * iters[-1], "seconds_per_iteration": 0.01,
-        "curve": {"iteration": list(iters), "train_loss": [l * 1.1 for l in losses],
-                  "test_loss": list(losses), "test_error": [0.8] * n,
-                  "wall_time": [0.01 * i for i in iters]} if curve else None,
-        "provenance": {"command": "test", "git_commit": "x", "hardware": "cpu"},
-    }
     path = d / experiments.run_name(cfg)
-    path.write_text(json.dumps(result))
-    return path
+    return RunResult(
+        config=cfg, solved=False, iterations_to_solve=None, iterations_to_strict=None,
+        iterations_run=iters[-1], stopped="budget", final_test_error=0.8, wall_time=0.01 * iters[-1],
+        seconds_per_iteration=0.01,
+        curve={"iteration": list(iters), "train_loss": [l * 1.1 for l in losses], "test_loss": list(losses),
+               "test_error": [0.8] * n, "wall_time": [0.01 * i for i in iters], "n_test": [1000] * n}
+        if curve else None,
+        provenance={"command": "test", "git_commit": "x", "hardware": "cpu"}).write(path)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from psgdlib import experiments as ex
+from psgdlib.results import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -178,12 +179,10 @@ def _fake_run(out: Path, problem: str, T: int, seed: int, solved: bool, iteratio
         stopped = "solved" if solved else "budget"
     if iterations_run is None:
         iterations_run = 1000 if solved else iterations
-    r = {"config": cfg, "solved": solved, "iterations_to_solve": 1000 if solved else None,
-         "iterations_to_0.1pct": None, "iterations_run": iterations_run, "stopped": stopped,
-         "final_test_error": 0.005 if solved else 0.5, "wall_time": 1.0, "curve": None,
-         "provenance": {"command": "fake", "git_commit": "0" * 40, "hardware": "test", "date": "2024-01-01",
-                        "torch": "0"}}
-    (out / ex.run_name(cfg)).write_text(json.dumps(r))
+    RunResult(config=cfg, solved=solved, iterations_to_solve=1000 if solved else None, iterations_to_strict=None,
+              iterations_run=iterations_run, stopped=stopped, final_test_error=0.005 if solved else 0.5,
+              wall_time=1.0, provenance={"command": "fake", "git_commit": "0" * 40, "hardware": "test",
+                                         "date": "2024-01-01", "torch": "0"}).write(out / ex.run_name(cfg))
 
 
 # ----------------------------------------------------------------------- tests

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from psgdlib import experiments as ex
+from psgdlib.results import RunResult
 from psgdlib.train import NonFiniteLossError, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,12 +131,12 @@ def test_grid_rejects_nonsense():
 
 
 def _fake_result(problem, T, seed, solved, budget=100_000, optimizer="psgd_kron"):
+    """A stored run (no curve) in the schema of psgdlib.results.RunResult."""
     cfg = TrainConfig(problem, T, optimizer=optimizer, seed=seed, iterations=budget).resolved()
-    from dataclasses import asdict
-    return {"config": asdict(cfg), "solved": solved, "iterations_to_solve": 500 if solved else None,
-            "iterations_run": 500 if solved else budget, "stopped": "solved" if solved else "budget",
-            "final_test_error": 0.005 if solved else 0.4, "wall_time": 1.0,
-            "provenance": {"hardware": "test", "git_commit": "x"}}
+    return RunResult(config=asdict(cfg), solved=solved, iterations_to_solve=500 if solved else None,
+                     iterations_to_strict=None, iterations_run=500 if solved else budget,
+                     stopped="solved" if solved else "budget", final_test_error=0.005 if solved else 0.4,
+                     wall_time=1.0, provenance={"hardware": "test", "git_commit": "x"}).to_dict()
 
 
 def test_tables_are_computed_from_the_files(tmp_path):
