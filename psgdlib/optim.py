@@ -35,6 +35,11 @@ class NonFiniteStepError(FloatingPointError):
     """``PSGD(nonfinite="raise")``: a step's loss or gradient held a NaN or an infinity."""
 
 
+def _detached(t: Tensor) -> Tensor:
+    """``t`` without its graph (itself when it has none: no op dispatched)."""
+    return t.detach() if t.requires_grad else t
+
+
 def _is_real(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -172,6 +177,7 @@ class PSGD(Optimizer):
         # p -> (its state's "precond" dict, the object wrapping those tensors): built once,
         # rebuilt only when the dict is replaced (load_state_dict)
         self._pc_cache: dict[Tensor, tuple[dict, Preconditioner]] = {}
+        self._zeros: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     # ---------------------------------------------------------- validation
     def add_param_group(self, param_group: dict) -> None:
@@ -308,7 +314,10 @@ class PSGD(Optimizer):
 
     @staticmethod
     def _shape_for(pc: Preconditioner, t: Tensor) -> Tensor:
-        return t.reshape(pc.m, pc.n) if isinstance(pc, Kron) else t.reshape(-1)
+        """``t`` as the matrix (Kron) or vector its preconditioner takes (no op if it is one)."""
+        if isinstance(pc, Kron):
+            return t if t.shape == (pc.m, pc.n) else t.reshape(pc.m, pc.n)
+        return t if t.dim() == 1 else t.reshape(-1)
 
     # ----------------------------------------------------------- gradients
     def _index(self, p: Tensor) -> str:
@@ -342,12 +351,14 @@ class PSGD(Optimizer):
     def _all_finite(loss: Tensor | None, grads: list[Tensor]) -> Tensor:
         """0-d bool tensor: the loss and every gradient entry are finite (on device, no sync).
 
-        One ``amax(|g|)`` per gradient (max propagates NaN and keeps inf), then one check.
+        One ``aminmax`` per gradient (min and max propagate NaN and keep +-inf), then one
+        check of them all: ``x - x == 0`` exactly for a finite ``x``.  Called under no_grad.
         """
-        tops = [g.detach().abs().amax() for g in grads]   # stack promotes mixed dtypes
+        t = [x for g in grads for x in torch.aminmax(g)]
         if loss is not None:
-            tops.append(loss.detach().abs().amax())
-        return torch.isfinite(torch.stack(tops).amax() if len(tops) > 1 else tops[0])
+            t.append(loss if loss.dim() == 0 else loss.reshape(()))
+        t = torch.stack(t)                                 # promotes mixed dtypes
+        return (t - t == 0).all()
 
     def _raise_nonfinite(self, loss: Tensor | None, params: list[Tensor], grads: list[Tensor]) -> None:
         bad = [self._index(p) for p, g in zip(params, grads) if not bool(torch.isfinite(g).all())]
@@ -376,14 +387,15 @@ class PSGD(Optimizer):
         update = self._update_now()
         gen, _ = self._generators()
         loss, grads = self._loss_and_grads(closure, params, update)
-        for p, g in zip(params, grads):
-            p.grad = g.detach()
-        ok = self._all_finite(loss, grads)
+        dgrads = [_detached(g) for g in grads]
+        for p, g in zip(params, dgrads):
+            p.grad = g
+        ok = self._all_finite(loss, dgrads)
         if self.nonfinite == "raise" and not bool(ok):
             self._raise_nonfinite(loss, params, grads)
 
         pair = self._pairs_for(params, grads, closure, gen) if update else {}
-        gdict = {p: g.detach() for p, g in zip(params, grads)}
+        gdict = dict(zip(params, dgrads))
         for group in self.param_groups:
             gp = [p for p in group["params"] if p in gdict]
             if gp:
@@ -403,7 +415,7 @@ class PSGD(Optimizer):
             vs, hs = _pairs.finite_difference(params, closure, grads, gen, self.fd_scale)
         else:
             vs, hs = _pairs.whitening(params, grads, gen)
-        return {p: (v.detach(), h.detach()) for p, v, h in zip(params, vs, hs)}
+        return {p: (_detached(v), _detached(h)) for p, v, h in zip(params, vs, hs)}
 
     def _step_group(self, group: dict, gp: list[Tensor], gdict: dict, pair: dict, update: bool,
                     ok: Tensor) -> None:
@@ -427,7 +439,8 @@ class PSGD(Optimizer):
                     v, h = pair[p]
                     pc.update(self._shape_for(pc, v), self._shape_for(pc, h), group["precond_lr"], accept=ok)
                     self.state[p]["precond"]["num_updates"] = pc.num_updates
-                pgs.append(pc.precondition(self._shape_for(pc, gdict[p])).view_as(p))
+                pg = pc.precondition(self._shape_for(pc, gdict[p]))
+                pgs.append(pg if pg.shape == p.shape else pg.view_as(p))
 
         if group["clip_norm"] is not None:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in pgs]))
@@ -445,7 +458,16 @@ class PSGD(Optimizer):
                 new.append(st["momentum_buffer"])
             pgs = new
         for p, t in zip(gp, pgs):
-            p.add_(torch.where(ok, t, 0.0), alpha=-group["lr"])
+            p.add_(torch.where(ok, t, self._zero(t)), alpha=-group["lr"])
+
+    def _zero(self, p: Tensor) -> Tensor:
+        """A 0-d zero of ``p``'s dtype and device (made once; ``where(ok, t, 0.0)`` would make
+        one every step)."""
+        key = (p.dtype, p.device)
+        z = self._zeros.get(key)
+        if z is None:
+            z = self._zeros[key] = torch.zeros((), dtype=p.dtype, device=p.device)
+        return z
 
     # ----------------------------------------------------- non-finite steps
     @property

@@ -146,7 +146,8 @@ def finite_difference(params: Sequence[Tensor], closure: Callable[[], Tensor], g
     if scale is None:
         scale = default_fd_scale(params[0].dtype)
     vs = [z.mul_(scale) for z in randn_like(params, generator)]
-    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        saved = [p.clone() for p in params]
     try:
         with torch.no_grad():
             for p, v in zip(params, vs):
@@ -156,7 +157,7 @@ def finite_difference(params: Sequence[Tensor], closure: Callable[[], Tensor], g
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
-    hs = [b - a.detach() for a, b in zip(grads, g2)]
+    hs = [b - (a.detach() if a.requires_grad else a) for a, b in zip(grads, g2)]
     return vs, hs
 
 

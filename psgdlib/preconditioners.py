@@ -251,6 +251,14 @@ class Kron(Preconditioner):
     def _set_dims(self) -> None:
         self.m, self.n = self.Q1.shape[0], self.Q2.shape[0]
 
+    def _transposed(self) -> tuple[Tensor, Tensor]:
+        """The views ``Q1^T``, ``Q2^T``, made once per factor tensor (the factors are updated
+        in place, so the views stay current; assigning a new ``Q1``/``Q2`` makes new ones)."""
+        cache = self.__dict__.get("_T")
+        if cache is None or cache[0] is not self.Q1 or cache[1] is not self.Q2:
+            cache = self._T = (self.Q1, self.Q2, self.Q1.T, self.Q2.T)
+        return cache[2], cache[3]
+
     def _check(self, x: Tensor, name: str) -> Tensor:
         if x.dim() != 2 or tuple(x.shape) != (self.m, self.n):
             raise ValueError(f"Kron({self.m}, {self.n}): {name} must be a matrix of shape "
@@ -268,7 +276,8 @@ class Kron(Preconditioner):
     def precondition(self, g: Tensor) -> Tensor:
         """``P1 @ G @ P2`` for G of shape (m, n)."""
         g = self._check(g, "g")
-        return self.Q1.T @ (self.Q1 @ g @ self.Q2.T) @ self.Q2
+        Q1T, Q2T = self._transposed()
+        return Q1T @ (self.Q1 @ g @ Q2T) @ self.Q2
 
     def _ab(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """``a = Q1 H Q2^T`` and ``b = Q1^{-T} V Q2^{-1}``, both (m, n).
@@ -277,7 +286,7 @@ class Kron(Preconditioner):
         ``(Q1^{-T} V)^T = V^T Q1^{-1}``.  On transposed (column-major) views LAPACK needs no
         copies (3x faster on the CPU than a left solve with the view ``Q1^T``).
         """
-        a = self.Q1 @ h @ self.Q2.T
+        a = self.Q1 @ h @ self._transposed()[1]
         bt = torch.linalg.solve_triangular(self.Q1, v.T, upper=True, left=False)  # (n, m)
         b = torch.linalg.solve_triangular(self.Q2, bt.T, upper=True, left=False)
         return a, b
@@ -297,8 +306,9 @@ class Kron(Preconditioner):
         v, h = self._check(v, "v"), self._check(h, "h")
         Q1, Q2 = self.Q1, self.Q2
         a, b = self._ab(v, h)
-        grad1 = torch.addmm(a @ a.T, b, b.T, alpha=-1).triu_()   # triu(a a^T - b b^T), (m, m)
-        grad2 = torch.addmm(a.T @ a, b.T, b, alpha=-1).triu_()   # triu(a^T a - b^T b), (n, n)
+        aT, bT = a.T, b.T
+        grad1 = torch.addmm(a @ aT, b, bT, alpha=-1).triu_()     # triu(a a^T - b b^T), (m, m)
+        grad2 = torch.addmm(aT @ a, bT, b, alpha=-1).triu_()     # triu(a^T a - b^T b), (n, n)
         g1max, g2max = grad1.abs().amax(), grad2.abs().amax()
         # Q <- Q - lr (grad / max|grad|) @ Q: normalized in place, lr the product's alpha
         lr = float(lr)
