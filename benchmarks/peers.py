@@ -1,6 +1,6 @@
 """psgdlib's PSGD against the public PSGD implementations, per iteration (issue 24).
 
-    python benchmarks/peers.py [--T 30,100,200] [--iters 40] [--threads 1] [--before REV|DIR]
+    python benchmarks/peers.py [--T 30,100,200] [--iters 100] [--threads 1] [--before REV|DIR]
     python benchmarks/peers.py --quick          # tiny sizes, seconds (what the test runs)
 
 One process, one device, one thread by default.  Every optimizer trains its own copy of
@@ -20,17 +20,24 @@ on the same minibatches of the addition problem:
   PSGD of that revision too, as ``psgdlib@REV fd/hvp``, for before/after figures.
 
 A peer that is not installed (``pip install -e .[bench]``) is skipped with a message.
+The floors (``floor fd``: two gradients; ``floor hvp``: a gradient and a Hessian-vector
+product, no preconditioner) are the gradient work every Newton-type iteration does.
+
 Timing: on the CPU the clock is this process's CPU time (``--clock wall`` for elapsed
-time), so that other processes on a shared machine do not enter the figures; on CUDA the
-elapsed time with a synchronisation after each iteration.  After warm-up, round by round, each optimizer runs one
-iteration (those of one pair type back to back; the orders rotate every round).  Printed:
-the median ms per iteration, its ratio to SGD's, the optimizer's own cost (``above
-floor``), and ``vs psgd_torch``: the median over rounds of psgdlib's time divided by
-psgd_torch's in the same round (same pair type) with its quartiles, robust to a machine
-whose load drifts.  ``--json FILE`` stores every iteration's time.  Memory: the peak of
-tensor memory allocated during one iteration above what was allocated before it (CPU:
-the profiler's allocation events; CUDA: ``torch.cuda.max_memory_allocated``), a multiple
-of SGD's.  Never compare absolute times across machines.
+time), so that other processes on a shared machine do not enter the figures, and glibc's
+malloc keeps freed memory (no page faults in the timings; ``--default-malloc``); on CUDA
+the elapsed time with a synchronisation after each iteration.  After warm-up, round by
+round, each optimizer runs one iteration (those of one pair type back to back; the
+orders rotate every round).  Printed: the median ms per iteration, its ratio to SGD's,
+the optimizer's own cost (``above floor``: median over rounds of the time minus the
+floor's), and ``vs psgd_torch``: the median over rounds of psgdlib's time divided by
+psgd_torch's in the same round (same pair type), with its quartiles.  On a loaded
+machine a single iteration's time varies by +-5%: the medians need about a hundred
+rounds to resolve a 2% difference.  ``--json FILE`` stores every iteration's time.
+Memory: the peak of tensor memory allocated during one iteration above what was
+allocated before it (CPU: the profiler's allocation events; CUDA:
+``torch.cuda.max_memory_allocated``), a multiple of SGD's.  Never compare absolute
+times across machines.
 """
 from __future__ import annotations
 
@@ -371,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     ap.add_argument("--T", default="30,100,200", help="sequence lengths, comma-separated")
     ap.add_argument("--hidden", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--iters", type=int, default=40, help="timed rounds per T")
+    ap.add_argument("--iters", type=int, default=100, help="timed rounds per T")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")

@@ -55,7 +55,7 @@ def test_peers_quick_without_the_peers_skips_them_with_a_message(capsys, monkeyp
     """A missing optional peer is left out with the install command; psgdlib still runs."""
     monkeypatch.setitem(sys.modules, "psgd_torch", None)      # import raises ImportError
     monkeypatch.setitem(sys.modules, "kron_torch", None)
-    verdicts = peers.main(["--quick"])
+    verdicts = peers.main(["--quick", "--default-malloc"])
     out = capsys.readouterr().out
     assert "skipped psgd_torch (pip install psgd-torch==0.6.1" in out
     assert "skipped kron_torch (pip install kron-torch==0.3.3" in out
@@ -71,7 +71,7 @@ def test_peers_quick_without_the_peers_skips_them_with_a_message(capsys, monkeyp
 def test_peers_quick_against_the_installed_peers(capsys):
     pytest.importorskip("psgd_torch")
     pytest.importorskip("kron_torch")
-    verdicts = peers.main(["--quick"])
+    verdicts = peers.main(["--quick", "--default-malloc"])
     out = capsys.readouterr().out
     rows = _rows(out)
     assert set(rows) == set(_PSGDLIB_ROWS) | {"psgd_torch fd", "psgd_torch hvp", "kron_torch (whitening)"}
@@ -122,7 +122,7 @@ def test_peers_before_loads_another_copy_of_psgdlib(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "psgd_torch", None)
     monkeypatch.setitem(sys.modules, "kron_torch", None)
     monkeypatch.delitem(sys.modules, "psgdlib_before", raising=False)
-    peers.main(["--quick", "--before", str(ROOT)])
+    peers.main(["--quick", "--default-malloc", "--before", str(ROOT)])
     rows = _rows(capsys.readouterr().out)
     label = ROOT.name
     assert {f"psgdlib@{label} fd", f"psgdlib@{label} hvp"} <= set(rows)
