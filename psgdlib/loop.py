@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from .optim import PSGD
-from .utils import atomic_torch_save
+from .utils import atomic_torch_save, configure_cpu, pick_device
 
 __all__ = ["OPTIMIZERS", "make_optimizer", "step", "LoopState", "Checkpoint", "RunPaused",
-           "NonFiniteLossError", "load_checkpoint", "progress_bar", "run_periods", "sync"]
+           "NonFiniteLossError", "load_checkpoint", "prepare_device", "progress_bar", "run_periods", "sync"]
 
 #: Optimizer names: PSGD with a Kronecker (eq. (5)), dense or diagonal preconditioner, ``psgd``
 #: (its ``preconditioner`` argument, Kronecker by default), SGD and Adam (torch.optim).
@@ -84,6 +84,15 @@ def step(opt: torch.optim.Optimizer, params: Sequence[Tensor], closure: Closure,
         torch.nn.utils.clip_grad_norm_(params, clip)
     opt.step()
     return loss.detach()
+
+
+def prepare_device(device: torch.device | str | None) -> torch.device:
+    """``device`` (default CUDA when available, else CPU); on a CPU, denormals are flushed
+    (:func:`psgdlib.utils.configure_cpu`)."""
+    device = pick_device(device)
+    if device.type == "cpu":
+        configure_cpu()
+    return device
 
 
 def sync(device: torch.device) -> None:

@@ -63,9 +63,9 @@ from torch import Tensor
 
 from .data import load_mnist, subset
 from .epochs import EpochState, restore_checkpoint, save_checkpoint, train_epochs
-from .loop import Checkpoint, make_optimizer
+from .loop import Checkpoint, make_optimizer, prepare_device
 from .models import RNN2D
-from .utils import atomic_write_json, configure_cpu, get_profile, pick_device, provenance
+from .utils import atomic_write_json, configure_cpu, get_profile, provenance
 
 __all__ = ["PROFILES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_PAIRS", "PAPER_TEST_ERROR",
            "PSGD_SEED_OFFSET", "run_mnist", "make_model", "make_optimizer", "evaluate", "load_data",
@@ -238,41 +238,35 @@ def run_mnist(
     verbose: bool = True, return_model: bool = False,
 ) -> dict[str, Any]:
     """Train the 2D RNN on MNIST with ``optimizer`` ``"sgd"`` or ``"psgd"`` through
-    :func:`psgdlib.loop.run_periods` (one period per epoch); returns the learning curves.
+    :func:`psgdlib.epochs.train_epochs` (the loop, one period per epoch); returns the curves.
 
     ``profile`` (default ``$PSGD_PROFILE``, else ``cpu``) sets ``epochs``, ``train_limit`` and
-    ``test_limit`` (a fixed random subset of that many images; a number at least the set's size:
-    all of it) from :data:`PROFILES` unless they are given.  ``lr`` and ``batch_size`` (paper:
-    100) are the same for both optimizers; ``seed`` gives the initial weights, the minibatch
-    order, and PSGD's generator (``seed + PSGD_SEED_OFFSET``).  PSGD: ``pairs``, ``precond_lr``,
-    ``preconditioner`` (``kron``: eq. (5)).  ``clip_norm`` clips ``g`` (SGD) or ``P g`` (PSGD).
-    ``directions``: the 2D RNN's sweeps (None: top-left; ``"alternate"``).  ``data``:
-    ``(train_images, train_labels, test_images, test_labels)`` instead of loading ``dataset``
-    (``"mnist"``/``"fashion_mnist"`` from ``root`` or ``$PSGD_DATA``; images ``(N, 1, 28, 28)``
-    in [0, 1]).  ``checkpoint_dir``: save after every epoch and resume from there.
-    ``log_every``: minibatches per running mean of the training loss; a non-finite one (or a
-    non-finite epoch mean) ends the run as ``diverged``.
+    ``test_limit`` (a fixed random subset; at least the set's size: all of it) unless given.
+    ``lr``, ``batch_size`` (paper: 100) are shared by both optimizers; ``seed`` gives the initial
+    weights, the minibatch order and PSGD's generator (``seed + PSGD_SEED_OFFSET``).  PSGD:
+    ``pairs``, ``precond_lr``, ``preconditioner`` (``kron``: eq. (5)).  ``clip_norm`` clips ``g``
+    (SGD) or ``P g`` (PSGD).  ``directions``: the sweeps (None: top-left; ``"alternate"``).
+    ``data``: ``(train_images, train_labels, test_images, test_labels)``, images ``(N, 1, 28,
+    28)`` in [0, 1], instead of ``dataset`` from ``root``/``$PSGD_DATA``.  ``checkpoint_dir``:
+    save after every epoch, resume from there.  ``log_every``: minibatches per running mean of
+    the training loss; a non-finite one (or epoch mean) ends the run as ``diverged``.
 
     Returns ``config``, ``history`` (per evaluation, epoch 0 = initial weights: ``epoch``,
-    ``iteration``, ``test_error``, ``test_loss``, ``train_loss`` (mean over the epoch; None at
-    epoch 0), ``epoch_time_s``, ``train_time_s`` (cumulative), ``eval_time_s``), ``train_log``
-    (``iteration``, ``loss``), ``final_test_error``, ``best_test_error``, ``diverged``,
-    ``num_parameters``, ``initial_weights_sha256``, ``final_weights_sha256``,
-    ``resumed_from_epoch``, ``paper_test_error``, ``provenance`` (and ``model`` when
-    ``return_model``).
+    ``iteration``, ``test_error``, ``test_loss``, ``train_loss`` (None at epoch 0),
+    ``epoch_time_s``, ``train_time_s``, ``eval_time_s``), ``train_log``, ``final_test_error``,
+    ``best_test_error``, ``diverged``, ``num_parameters``, ``initial_weights_sha256``,
+    ``final_weights_sha256``, ``resumed_from_epoch``, ``paper_test_error``, ``provenance``
+    (and ``model`` when ``return_model``).
     """
     profile, epochs, train_limit, test_limit = _checked(optimizer, profile, epochs, lr, batch_size, train_limit,
                                                         test_limit, log_every, clip_norm)
-    device = pick_device(device)
-    if device.type == "cpu":
-        configure_cpu()
+    device = prepare_device(device)
     config = dict(optimizer=optimizer, profile=profile, epochs=epochs, lr=float(lr), batch_size=batch_size,
                   seed=seed, train_limit=train_limit, test_limit=test_limit,
                   dataset=dataset if data is None else "tensors", clip_norm=clip_norm, directions=directions,
                   dtype=str(dtype).replace("torch.", ""), device=str(device))
     psgd = optimizer == "psgd"
-    if psgd:
-        config.update(pairs=pairs, precond_lr=precond_lr, preconditioner=preconditioner)
+    config.update(dict(pairs=pairs, precond_lr=precond_lr, preconditioner=preconditioner) if psgd else {})
     model = make_model(seed, device=device, dtype=dtype, directions=directions)
     opt = make_optimizer(optimizer, model.parameters(), lr, precond_lr, pairs, clip_norm if psgd else None,
                          seed=seed + PSGD_SEED_OFFSET, preconditioner=preconditioner if psgd else None)
@@ -282,26 +276,28 @@ def run_mnist(
     xte, yte = xte.to(device=device, dtype=dtype), yte.to(device)
     config.update(n_train=int(ytr.shape[0]), n_test=int(yte.shape[0]))
     data_gen = torch.Generator().manual_seed(int(seed))
-    st, saver, resumed_from = EpochState(), None, None
-    if checkpoint_dir is not None:
-        path = Path(checkpoint_dir) / f"mnist-{config['dataset']}-{optimizer}-seed{seed}.pt"
-        if path.is_file():
-            st = restore_checkpoint(path, config, model, opt, data_gen, device)
-            resumed_from = st.epoch
-        saver = Checkpoint(path, lambda: save_checkpoint(path, config, model, opt, data_gen, st, device), at_stop=True)
+    st, saver = _checkpointing(checkpoint_dir, config, model, opt, data_gen, device)
+    resumed_from = st.epoch if st.history["epoch"] else None
     train_epochs(model, opt, None if psgd else clip_norm, (xtr, ytr, xte, yte), st, saver, data_gen, evaluate,
                  dict(epochs=epochs, batch_size=batch_size, log_every=log_every, device=device, progress=progress,
                       name=optimizer, verbose=verbose))
     h = st.history
-    result: dict[str, Any] = dict(
-        config=config, history=h, train_log=st.train_log, final_test_error=h["test_error"][-1],
-        best_test_error=min(h["test_error"]), diverged=st.diverged, num_parameters=model.num_parameters(),
-        initial_weights_sha256=init_digest, final_weights_sha256=weights_digest(model),
-        resumed_from_epoch=resumed_from, paper_test_error=PAPER_TEST_ERROR[optimizer],
-        provenance=provenance(device))
-    if return_model:
-        result["model"] = model
-    return result
+    return dict(config=config, history=h, train_log=st.train_log, final_test_error=h["test_error"][-1],
+                best_test_error=min(h["test_error"]), diverged=st.diverged, num_parameters=model.num_parameters(),
+                initial_weights_sha256=init_digest, final_weights_sha256=weights_digest(model),
+                resumed_from_epoch=resumed_from, paper_test_error=PAPER_TEST_ERROR[optimizer],
+                provenance=provenance(device), **({"model": model} if return_model else {}))
+
+
+def _checkpointing(checkpoint_dir: str | os.PathLike | None, config: dict, model, opt, data_gen: torch.Generator,
+                   device: torch.device) -> tuple[EpochState, Checkpoint | None]:
+    """The run's state (restored from ``<checkpoint_dir>/mnist-<dataset>-<optimizer>-seed<seed>.pt``
+    when that exists) and its per-epoch checkpoint (None without ``checkpoint_dir``)."""
+    if checkpoint_dir is None:
+        return EpochState(), None
+    path = Path(checkpoint_dir) / f"mnist-{config['dataset']}-{config['optimizer']}-seed{config['seed']}.pt"
+    st = restore_checkpoint(path, config, model, opt, data_gen, device) if path.is_file() else EpochState()
+    return st, Checkpoint(path, lambda: save_checkpoint(path, config, model, opt, data_gen, st, device), at_stop=True)
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -19,10 +19,10 @@ import torch
 
 from . import tasks as _tasks
 from .loop import (Checkpoint, LoopState, NonFiniteLossError, RunPaused, load_checkpoint,
-                   make_optimizer, progress_bar, run_periods)
+                   make_optimizer, prepare_device, progress_bar, run_periods)
 from .models import LSTM, RNN
 from .results import SCREEN_ERROR, SCREEN_N, RunResult, infer_n_test
-from .utils import atomic_torch_save, configure_cpu, pick_device
+from .utils import atomic_torch_save
 
 __all__ = ["OPTIMIZERS", "MODELS", "TrainConfig", "NonFiniteLossError", "build_model", "make_optimizer",
            "train", "SOLVED", "SOLVED_STRICT", "RunPaused", "data_seed", "evaluate_test_set",
@@ -214,9 +214,7 @@ def train(config: TrainConfig, device: torch.device | str | None = None, progres
     c = config.resolved()
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    device = pick_device(device)
-    if device.type == "cpu":
-        configure_cpu()
+    device = prepare_device(device)
     dtype = getattr(torch, c.dtype)
     task = _tasks.get(c.problem, c.T)
     if model is None:
