@@ -324,7 +324,7 @@ def table(vs: list[Variant], T: int) -> tuple[list[str], dict[str, float]]:
 
 # what the timed code is made of (a change elsewhere in the tree does not make the figures stale)
 _TIMED_FILES = ("psgdlib/optim.py", "psgdlib/preconditioners.py", "psgdlib/pairs.py", "psgdlib/models",
-                "psgdlib/tasks.py", "benchmarks/peers.py")
+                "psgdlib/tasks*.py", "benchmarks/peers.py")
 
 
 def _commit() -> str:
