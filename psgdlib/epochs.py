@@ -24,6 +24,7 @@ __all__ = ["EpochState", "CHECKPOINT_VERSION", "save_checkpoint", "restore_check
 
 CHECKPOINT_VERSION = 1
 Evaluate = Callable[[torch.nn.Module, Tensor, Tensor], "tuple[float, float]"]
+Transform = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -39,23 +40,33 @@ _HISTORY = ("epoch", "iteration", "test_error", "test_loss", "train_loss", "epoc
             "eval_time_s")
 
 
-def save_checkpoint(path: Path, config: dict, model, opt, data_gen: torch.Generator, st: EpochState, device) -> None:
-    """The per-epoch checkpoint (its format: version 1, unchanged since the stored runs)."""
+def save_checkpoint(path: Path, config: dict, model, opt, data_gen: torch.Generator, st: EpochState, device,
+                    aug_gen: torch.Generator | None = None) -> None:
+    """The per-epoch checkpoint (format version 1, as for the stored runs; ``rng["aug"]``, the
+    generator of the random shifts, only when there is one)."""
+    rng = dict(data=data_gen.get_state(), torch=torch.get_rng_state(),
+               cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+    if aug_gen is not None:
+        rng["aug"] = aug_gen.get_state()
     ck = dict(version=CHECKPOINT_VERSION, config=config, epoch=st.epoch, iteration=st.it,
-              model=model.state_dict(), optimizer=opt.state_dict(),
-              rng=dict(data=data_gen.get_state(), torch=torch.get_rng_state(),
-                       cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None),
+              model=model.state_dict(), optimizer=opt.state_dict(), rng=rng,
               history=st.history, train_log=st.train_log, train_time_s=st.train_time, diverged=st.diverged)
     atomic_torch_save(ck, path)
 
 
-def restore_checkpoint(path: Path, config: dict, model, opt, data_gen: torch.Generator, device) -> EpochState:
-    """Resume from the checkpoint of :func:`_save`; another configuration (``epochs`` aside:
-    a larger one extends the run) is refused, naming the file."""
-    ck = load_checkpoint(path, CHECKPOINT_VERSION, config, ignore=("epochs",), weights_only=True)
+def restore_checkpoint(path: Path, config: dict, model, opt, data_gen: torch.Generator, device,
+                       aug_gen: torch.Generator | None = None, extendable: bool = True) -> EpochState:
+    """Resume from the checkpoint of :func:`save_checkpoint`; another configuration is refused,
+    naming the file (``epochs`` aside when ``extendable``: a larger one extends the run)."""
+    ck = load_checkpoint(path, CHECKPOINT_VERSION, config, ignore=("epochs",) if extendable else (),
+                         weights_only=True)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     data_gen.set_state(ck["rng"]["data"])
+    if aug_gen is not None:
+        if "aug" not in ck["rng"]:
+            raise ValueError(f"{path}: the checkpoint holds no generator of the random shifts")
+        aug_gen.set_state(ck["rng"]["aug"])
     torch.set_rng_state(ck["rng"]["torch"])
     if device.type == "cuda" and ck["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
@@ -78,13 +89,22 @@ def _record(st: EpochState, model, evaluate: Evaluate, xte: Tensor, yte: Tensor,
 
 
 def _epochs(model, xtr: Tensor, ytr: Tensor, batch_size: int, data_gen: torch.Generator, st: EpochState,
-            epochs: int) -> Iterator:
+            epochs: int, transform: Transform | None, at_epoch_start: Callable[[int], None] | None) -> Iterator:
     """The loop's evaluation periods: one epoch of shuffled minibatches each (loss closures
-    weighted by the minibatch size), until ``epochs`` or a divergence."""
+    weighted by the minibatch size), until ``epochs`` or a divergence.  ``at_epoch_start(e)``
+    runs before epoch ``e`` (1-based; e.g. sets the step size); ``transform`` maps each
+    minibatch of images once (the closure, called twice for finite-difference pairs, reuses it)."""
     while st.epoch < epochs and not st.diverged:
         model.train()
+        if at_epoch_start is not None:
+            at_epoch_start(st.epoch + 1)
         yield (((lambda xb=xb, yb=yb: F.cross_entropy(model(xb), yb)), int(yb.shape[0]))
-               for xb, yb in batches(xtr, ytr, batch_size, generator=data_gen))
+               for xb, yb in _mapped(batches(xtr, ytr, batch_size, generator=data_gen), transform))
+
+
+def _mapped(it: Iterator[tuple[Tensor, Tensor]], transform: Transform | None) -> Iterator[tuple[Tensor, Tensor]]:
+    for xb, yb in it:
+        yield (xb if transform is None else transform(xb)), yb
 
 
 def train_epochs(model, opt, clip: float | None, tensors: tuple[Tensor, Tensor, Tensor, Tensor], st: EpochState,
@@ -93,7 +113,8 @@ def train_epochs(model, opt, clip: float | None, tensors: tuple[Tensor, Tensor, 
     loop (``clip``: of ``g``, for a torch.optim optimizer), scoring ``evaluate(model, test
     images, test labels) -> (error, loss)`` after each (and before the first, unless resumed).
     ``o``: ``epochs``, ``batch_size``, ``log_every``, ``device``, ``progress``, ``name`` (the
-    prefix of the per-epoch lines) and ``verbose``."""
+    prefix of the per-epoch lines), ``verbose``, and optionally ``transform`` (of each training
+    minibatch) and ``at_epoch_start`` (see :func:`_epochs`)."""
     xtr, ytr, xte, yte = tensors
     progress = o["progress"]
 
@@ -105,6 +126,8 @@ def train_epochs(model, opt, clip: float | None, tensors: tuple[Tensor, Tensor, 
         s.epoch += 1
         s.diverged = not finite
         _record(s, model, evaluate, xte, yte, train_loss, s.train_time - s.history["train_time_s"][-1], say)
+        # the step of the epoch just trained (None at epoch 0; absent from runs stored before it)
+        s.history.setdefault("lr", [None] * (len(s.history["epoch"]) - 1)).append(opt.param_groups[0]["lr"])
         if s.diverged:
             say("the training loss is not finite: stopping (diverged)")
 
@@ -118,7 +141,8 @@ def train_epochs(model, opt, clip: float | None, tensors: tuple[Tensor, Tensor, 
                        progress)
     try:
         run_periods(opt, list(model.parameters()), clip,
-                    _epochs(model, xtr, ytr, o["batch_size"], data_gen, st, o["epochs"]), st, evaluation,
+                    _epochs(model, xtr, ytr, o["batch_size"], data_gen, st, o["epochs"], o.get("transform"),
+                            o.get("at_epoch_start")), st, evaluation,
                     device=o["device"], bar=bar, checkpoint=saver, log_every=o["log_every"], on_log=log)
     finally:
         bar.close()

@@ -51,10 +51,11 @@ Closure = Callable[[], Tensor]
 
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, precond_lr: float = 0.01,
                    pairs: str = "hvp", clip: float | None = None, seed: int = 0, *,
-                   preconditioner: str | None = None) -> torch.optim.Optimizer:
+                   preconditioner: str | None = None, update_every: int = 1) -> torch.optim.Optimizer:
     """``psgd_kron``/``psgd_dense``/``psgd_diag``/``psgd`` (:class:`~psgdlib.PSGD`, update (4),
     ``clip`` bounds ``||P g||`` and ``seed`` seeds its generator), ``sgd`` or ``adam``
-    (torch.optim; their ``clip`` is applied to ``g`` by :func:`step`, not here)."""
+    (torch.optim; their ``clip`` is applied to ``g`` by :func:`step`, not here).  PSGD fits its
+    preconditioner on every ``update_every``-th step (1: every step, the paper's)."""
     if name.startswith("psgd"):
         kind = name[5:] if name != "psgd" else (preconditioner or "kron")
         if name != "psgd" and preconditioner not in (None, kind):
@@ -63,7 +64,7 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float, precond_lr: f
             raise ValueError(f"unknown optimizer {name!r} or preconditioner {kind!r}; choose one of "
                              f"{OPTIMIZERS} and a preconditioner 'kron', 'dense' or 'diag'")
         return PSGD(params, lr=lr, precond_lr=precond_lr, preconditioner=kind, pairs=pairs,
-                    clip_norm=None if clip is None else float(clip), seed=seed)
+                    clip_norm=None if clip is None else float(clip), seed=seed, update_every=update_every)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     if name == "adam":

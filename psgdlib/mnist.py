@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .recipe import SCHEDULES, check_recipe, step_size, to_canvas
 from .data import load_mnist, subset
 from .epochs import EpochState, restore_checkpoint, save_checkpoint, train_epochs
 from .loop import Checkpoint, make_optimizer, prepare_device
@@ -68,7 +69,7 @@ from .models import RNN2D
 from .utils import atomic_write_json, configure_cpu, get_profile, provenance
 
 __all__ = ["PROFILES", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_PAIRS", "PAPER_TEST_ERROR",
-           "PSGD_SEED_OFFSET", "run_mnist", "make_model", "make_optimizer", "evaluate", "load_data",
+           "PSGD_SEED_OFFSET", "SHIFT_SEED_OFFSET", "run_mnist", "make_model", "make_optimizer", "evaluate", "load_data",
            "weights_digest", "main"]
 
 OPTIMIZERS = ("sgd", "psgd")
@@ -112,6 +113,9 @@ _EVAL_BATCH = 1000
 #: :func:`psgdlib.loop.make_optimizer`).  Changing it changes every PSGD run's numbers.
 PSGD_SEED_OFFSET = 1
 
+#: The random shifts of ``shift > 0`` come from their own generator, seeded ``seed +
+#: SHIFT_SEED_OFFSET``: the minibatch order is the same with and without augmentation.
+SHIFT_SEED_OFFSET = 2
 
 # ----------------------------------------------------------------------------- helpers
 def make_model(seed: int = 0, device: torch.device | str | None = None,
@@ -197,10 +201,26 @@ def _positive_int_or_none(name: str, v: Any) -> None:
     if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
 
+def _tensors(data_args: tuple, model, device, dtype, recipe: dict[str, Any], seed: int):
+    """Training and test tensors on ``device``, test images on the recipe's canvas; and the
+    per-minibatch transform of the training images (None when they are prepared once)."""
+    xtr, ytr, xte, yte = load_data(*data_args, n_classes=model.n_classes)
+    pixels, shift = recipe["pixels"], recipe["shift"]
+    if pixels != "unit" or shift:
+        xte = to_canvas(xte, pixels)
+        if not shift:
+            xtr = to_canvas(xtr, pixels)
+    xtr, ytr = xtr.to(device=device, dtype=dtype), ytr.to(device)
+    xte, yte = xte.to(device=device, dtype=dtype), yte.to(device)
+    gen = torch.Generator().manual_seed(int(seed) + SHIFT_SEED_OFFSET) if shift else None
+    transform = (lambda xb: to_canvas(xb, pixels, shift, gen)) if shift else None
+    return (xtr, ytr, xte, yte), transform, gen
+
+
 # ------------------------------------------------------------------------------- run
 def _checked(optimizer: str, profile: str | None, epochs: int | None, lr: float, batch_size: int,
              train_limit: int | None, test_limit: int | None, log_every: int,
-             clip_norm: float | None) -> tuple[str, int, int | None, int | None]:
+             clip_norm: float | None, recipe: dict[str, Any]) -> tuple[str, int, int | None, int | None]:
     """Validate the arguments of :func:`run_mnist`; returns profile, epochs and the limits."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
@@ -224,6 +244,7 @@ def _checked(optimizer: str, profile: str | None, epochs: int | None, lr: float,
         raise ValueError("log_every must be a positive integer")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+    check_recipe(**recipe)
     return profile, epochs, train_limit, test_limit
 
 
@@ -235,7 +256,8 @@ def run_mnist(
     pairs: str = DEFAULT_PAIRS, precond_lr: float = 0.01, preconditioner: str = "kron",
     clip_norm: float | None = None, directions: Any = None, dataset: str = "mnist",
     data: Sequence[Tensor] | None = None, log_every: int = 50, dtype: torch.dtype = torch.float32,
-    verbose: bool = True, return_model: bool = False,
+    verbose: bool = True, return_model: bool = False, schedule: str = "constant",
+    lr_final: float | None = None, pixels: str = "unit", shift: int = 0, update_every: int = 1,
 ) -> dict[str, Any]:
     """Train the 2D RNN on MNIST with ``optimizer`` ``"sgd"`` or ``"psgd"`` through
     :func:`psgdlib.epochs.train_epochs` (the loop, one period per epoch); returns the curves.
@@ -251,6 +273,11 @@ def run_mnist(
     save after every epoch, resume from there.  ``log_every``: minibatches per running mean of
     the training loss; a non-finite one (or epoch mean) ends the run as ``diverged``.
 
+    The recipe beyond the paper (defaults: the paper's): ``schedule``/``lr_final``
+    (:func:`step_size`, both optimizers), ``pixels`` and ``shift`` (:mod:`psgdlib.canvas`:
+    [-1, 1] pixels, random shifts of the training images), ``update_every`` (PSGD fits its
+    preconditioner on every k-th minibatch only; 1 = the paper's every minibatch).
+
     Returns ``config``, ``history`` (per evaluation, epoch 0 = initial weights: ``epoch``,
     ``iteration``, ``test_error``, ``test_loss``, ``train_loss`` (None at epoch 0),
     ``epoch_time_s``, ``train_time_s``, ``eval_time_s``), ``train_log``, ``final_test_error``,
@@ -258,29 +285,37 @@ def run_mnist(
     ``final_weights_sha256``, ``resumed_from_epoch``, ``paper_test_error``, ``provenance``
     (and ``model`` when ``return_model``).
     """
+    recipe = dict(schedule=schedule, lr_final=lr_final, pixels=pixels, shift=shift, update_every=update_every)
     profile, epochs, train_limit, test_limit = _checked(optimizer, profile, epochs, lr, batch_size, train_limit,
-                                                        test_limit, log_every, clip_norm)
+                                                        test_limit, log_every, clip_norm, recipe)
     device = prepare_device(device)
     config = dict(optimizer=optimizer, profile=profile, epochs=epochs, lr=float(lr), batch_size=batch_size,
                   seed=seed, train_limit=train_limit, test_limit=test_limit,
                   dataset=dataset if data is None else "tensors", clip_norm=clip_norm, directions=directions,
-                  dtype=str(dtype).replace("torch.", ""), device=str(device))
+                  dtype=str(dtype).replace("torch.", ""), device=str(device), schedule=schedule,
+                  lr_final=lr_final, pixels=pixels, shift=shift)
     psgd = optimizer == "psgd"
-    config.update(dict(pairs=pairs, precond_lr=precond_lr, preconditioner=preconditioner) if psgd else {})
+    config.update(dict(pairs=pairs, precond_lr=precond_lr, preconditioner=preconditioner,
+                       update_every=update_every) if psgd else {})
     model = make_model(seed, device=device, dtype=dtype, directions=directions)
     opt = make_optimizer(optimizer, model.parameters(), lr, precond_lr, pairs, clip_norm if psgd else None,
-                         seed=seed + PSGD_SEED_OFFSET, preconditioner=preconditioner if psgd else None)
+                         seed=seed + PSGD_SEED_OFFSET, preconditioner=preconditioner if psgd else None,
+                         update_every=update_every)
     init_digest = weights_digest(model)
-    xtr, ytr, xte, yte = load_data(dataset, root, train_limit, test_limit, data, n_classes=model.n_classes)
-    xtr, ytr = xtr.to(device=device, dtype=dtype), ytr.to(device)
-    xte, yte = xte.to(device=device, dtype=dtype), yte.to(device)
-    config.update(n_train=int(ytr.shape[0]), n_test=int(yte.shape[0]))
+    tensors, transform, shift_gen = _tensors((dataset, root, train_limit, test_limit, data), model, device,
+                                             dtype, recipe, seed)
+    config.update(n_train=int(tensors[1].shape[0]), n_test=int(tensors[3].shape[0]))
     data_gen = torch.Generator().manual_seed(int(seed))
-    st, saver = _checkpointing(checkpoint_dir, config, model, opt, data_gen, device)
+    st, saver = _checkpointing(checkpoint_dir, config, model, opt, (data_gen, shift_gen), device)
     resumed_from = st.epoch if st.history["epoch"] else None
-    train_epochs(model, opt, None if psgd else clip_norm, (xtr, ytr, xte, yte), st, saver, data_gen, evaluate,
+
+    def at_epoch_start(e: int) -> None:
+        for g in opt.param_groups:
+            g["lr"] = step_size(lr, e, epochs, schedule, lr_final)
+
+    train_epochs(model, opt, None if psgd else clip_norm, tensors, st, saver, data_gen, evaluate,
                  dict(epochs=epochs, batch_size=batch_size, log_every=log_every, device=device, progress=progress,
-                      name=optimizer, verbose=verbose))
+                      name=optimizer, verbose=verbose, transform=transform, at_epoch_start=at_epoch_start))
     h = st.history
     return dict(config=config, history=h, train_log=st.train_log, final_test_error=h["test_error"][-1],
                 best_test_error=min(h["test_error"]), diverged=st.diverged, num_parameters=model.num_parameters(),
@@ -289,15 +324,21 @@ def run_mnist(
                 provenance=provenance(device), **({"model": model} if return_model else {}))
 
 
-def _checkpointing(checkpoint_dir: str | os.PathLike | None, config: dict, model, opt, data_gen: torch.Generator,
+def _checkpointing(checkpoint_dir: str | os.PathLike | None, config: dict, model, opt,
+                   gens: tuple[torch.Generator, torch.Generator | None],
                    device: torch.device) -> tuple[EpochState, Checkpoint | None]:
     """The run's state (restored from ``<checkpoint_dir>/mnist-<dataset>-<optimizer>-seed<seed>.pt``
-    when that exists) and its per-epoch checkpoint (None without ``checkpoint_dir``)."""
+    when that exists) and its per-epoch checkpoint (None without ``checkpoint_dir``).  ``gens``:
+    the minibatch-order and the shift generators.  A larger ``epochs`` extends a run only under
+    the constant schedule (a geometric one depends on the number of epochs)."""
     if checkpoint_dir is None:
         return EpochState(), None
     path = Path(checkpoint_dir) / f"mnist-{config['dataset']}-{config['optimizer']}-seed{config['seed']}.pt"
-    st = restore_checkpoint(path, config, model, opt, data_gen, device) if path.is_file() else EpochState()
-    return st, Checkpoint(path, lambda: save_checkpoint(path, config, model, opt, data_gen, st, device), at_stop=True)
+    data_gen, shift_gen = gens
+    st = (restore_checkpoint(path, config, model, opt, data_gen, device, shift_gen,
+                             extendable=config["schedule"] == "constant") if path.is_file() else EpochState())
+    return st, Checkpoint(path, lambda: save_checkpoint(path, config, model, opt, data_gen, st, device, shift_gen),
+                          at_stop=True)
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -322,6 +363,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--preconditioner", choices=("kron", "diag", "dense"), default="kron")
     ap.add_argument("--clip-norm", type=float, default=None)
     ap.add_argument("--directions", default=None, help="None (top-left sweeps) or 'alternate'")
+    ap.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    ap.add_argument("--lr-final", type=float, default=None, help="last epoch's step (geometric schedule)")
+    ap.add_argument("--pixels", choices=("unit", "signed"), default="unit",
+                    help="unit: [0, 1] (paper); signed: [-1, 1], background -1 (Li's demos)")
+    ap.add_argument("--shift", type=int, default=0,
+                    help="random shift of training images, pixels from the centre (Li's demos: 2)")
+    ap.add_argument("--update-every", type=int, default=1, help="PSGD: fit P on every k-th minibatch")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--out", default=None, help="result JSON (written atomically)")
@@ -335,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
         train_limit=args.train_limit, test_limit=args.test_limit, pairs=args.pairs,
         precond_lr=args.precond_lr, preconditioner=args.preconditioner,
-        clip_norm=args.clip_norm, directions=args.directions, dataset=args.dataset)
+        clip_norm=args.clip_norm, directions=args.directions, dataset=args.dataset, schedule=args.schedule,
+        lr_final=args.lr_final, pixels=args.pixels, shift=args.shift, update_every=args.update_every)
     result["provenance"]["command"] = "python -m psgdlib.mnist " + " ".join(
         sys.argv[1:] if argv is None else argv)
     if args.out:
