@@ -1,18 +1,12 @@
 """``kill -9`` of the runner with ``--jobs 2``: its workers exit with it, and a rerun finishes
 the interrupted runs with the same results as an uninterrupted run (issue 25, item 9)."""
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from psgdlib import experiments as ex
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli_runs import cli, kill_mid_run, results, run
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 
@@ -45,43 +39,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _results(folder: Path) -> dict[str, dict]:
-    out = {}
-    for f in sorted(folder.glob("*.json")):
-        r = json.loads(f.read_text())
-        for k in ("wall_time", "seconds_per_iteration", "provenance"):
-            r.pop(k, None)
-        r["curve"].pop("wall_time")
-        out[f.name] = r
-    return out
-
-
 def test_kill_9_of_the_parent_takes_its_workers_and_a_rerun_matches(tmp_path):
-    args = ["run", "--problems", "addition", "--T", "10", "--seeds", "0-1", "--hidden", "30",
-            "--iterations", "1500", "--eval-every", "50", "--n-test", "500", "--no-stop",
-            "--checkpoint-every", "100", "--jobs", "2"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "psgdlib.experiments", *args]
+    cmd = cli("run", "--problems", "addition", "--T", "10", "--seeds", "0-1", "--hidden", "30",
+              "--iterations", "1500", "--eval-every", "50", "--n-test", "500", "--no-stop",
+              "--checkpoint-every", "100", "--jobs", "2")
     ref, out = tmp_path / "ref", tmp_path / "out"
-    subprocess.run(cmd + ["--out", str(ref)], env=env, check=True, capture_output=True)
-
-    proc = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckdir = out / ex.CHECKPOINT_DIR
-    deadline = time.time() + 180
-    while len(list(ckdir.glob("*.pt"))) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    workers = [p for p in _children(proc.pid) if _is_worker(p)]
+    run(cmd + ["--out", str(ref)])
+    workers: list[int] = []
+    kill_mid_run(cmd, out, checkpoints=2,
+                 before_kill=lambda pid: workers.extend(p for p in _children(pid) if _is_worker(p)))
     assert len(workers) == 2, "both runs should be training in their own worker"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     deadline = time.time() + 20
     while any(_alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "workers outlived their killed parent"
     assert not list(out.glob("*.json")), "killed before either run finished"
+    ckdir = out / ex.CHECKPOINT_DIR
     assert len(list(ckdir.glob("*.pt"))) == 2
 
-    subprocess.run(cmd + ["--out", str(out)], env=env, check=True, capture_output=True)
-    assert _results(out) == _results(ref) and len(_results(ref)) == 2
+    run(cmd + ["--out", str(out)])
+    assert results(out) == results(ref) and len(results(ref)) == 2
     assert not list(ckdir.glob("*.pt"))

@@ -1,19 +1,13 @@
 """Mid-run checkpoints: an interrupted and resumed run is bit-identical to an uninterrupted one."""
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from psgdlib import experiments as ex
 from psgdlib.train import RunPaused, TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cli_runs import cli, kill_mid_run, results, run
 
 
 def _strip_times(r: dict) -> dict:
@@ -64,30 +58,18 @@ def test_resume_checks_the_config_and_names_a_bad_file(tmp_path):
 def test_killed_cli_run_resumes_mid_run_bit_identically(tmp_path):
     """The real CLI, killed with SIGKILL mid-run, then rerun: it continues from its last
     checkpoint (not from iteration 0) and stores the same result as an uninterrupted run."""
-    args = ["run", "--problems", "addition", "--T", "10", "--seeds", "0", "--hidden", "30",
-            "--iterations", "3000", "--eval-every", "50", "--n-test", "500", "--no-stop",
-            "--checkpoint-every", "100", "--threads", "1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "psgdlib.experiments", *args]
+    cmd = cli("run", "--problems", "addition", "--T", "10", "--seeds", "0", "--hidden", "30",
+              "--iterations", "3000", "--eval-every", "50", "--n-test", "500", "--no-stop",
+              "--checkpoint-every", "100", "--threads", "1")
     ref, out = tmp_path / "ref", tmp_path / "out"
-    subprocess.run(cmd + ["--out", str(ref)], env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    run(cmd + ["--out", str(ref)])
+    kill_mid_run(cmd, out, checkpoints=1, before_kill=lambda pid: time.sleep(0.3), timeout=120)
     ckdir = out / ex.CHECKPOINT_DIR
-    deadline = time.time() + 120
-    while not list(ckdir.glob("*.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert not list(out.glob("*.json")), "killed before the run finished"
     (ck,) = ckdir.glob("*.pt")
     done_before = torch.load(ck, weights_only=False)["state"]["it"]
     assert 0 < done_before < 3000
-    log = subprocess.run(cmd + ["--out", str(out)], env=env, check=True, capture_output=True, text=True)
-    assert f"resuming from iteration {done_before}" in log.stdout
-    (a,), (b,) = ref.glob("*.json"), out.glob("*.json")
-    assert a.name == b.name
-    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
-    assert _strip_times(rb) == {**_strip_times(ra), "provenance": _strip_times(rb)["provenance"]}
+    log = run(cmd + ["--out", str(out)])
+    assert f"resuming from iteration {done_before}" in log
+    assert results(out) == results(ref) and len(results(ref)) == 1
     assert not list(ckdir.glob("*.pt")), "a finished run removes its checkpoint"
