@@ -6,6 +6,7 @@
 ``run`` trains a grid of (problem, T, optimizer, seed); each finished run is one
 JSON file (config, outcome, curve, wall time, provenance), written atomically.
 A rerun skips finished runs; a run killed mid-way continues from its last checkpoint.
+``--scheduler tcp://host:8786`` sends the runs to a Dask cluster's workers instead.
 ``summarize`` builds Table I (failures/total) and Table II (longest T without a
 failure) from the files, next to the paper's numbers.
 
@@ -121,8 +122,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="the RNN of eq. (1) (default) or the LSTM baseline")
     r.add_argument("--out", required=True, help="folder of result files")
     r.add_argument("--jobs", type=int, default=1, help="parallel runs (one torch thread each)")
+    r.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="a Dask scheduler (e.g. tcp://host:8786): submit every unfinished run to its "
+                        "workers instead of running here; --out must be a folder every worker shares "
+                        "(needs: pip install distributed; not with --jobs > 1)")
     r.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: 1 with --jobs > 1, else all cores); "
+                   help="torch threads per run (default: 1 with --jobs > 1 or --scheduler, else all cores); "
                         "use 1 when several runs share the machine")
     r.add_argument("--device", default=None)
     r.add_argument("--lr", type=float, help="step size (default: 0.01 PSGD/SGD, 0.001 Adam)")
@@ -179,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = None if argv is None else " ".join(["python -m psgdlib.experiments", *argv])
         done = runner.run_grid(configs, a.out, jobs=a.jobs, device=a.device, max_seconds=a.max_seconds,
                                threads=a.threads, command=command, checkpoint_every=a.checkpoint_every,
-                               pause_at=pause_at)
-    except ValueError as e:
+                               pause_at=pause_at, scheduler=a.scheduler)
+    except (ValueError, runner.MissingPackageError) as e:
         ap.error(str(e))
     if len(done) < len(configs):
         print(f"{len(configs) - len(done)} runs paused or not started; rerun the command to continue",

@@ -5,7 +5,9 @@ A run is a :class:`psgdlib.train.TrainConfig` dict; each finished run is one JSO
 :func:`run_name`, written atomically.  A rerun skips finished runs, refuses a stored run made
 with other settings (its resolved config is compared, not just the file name), redoes one
 whose file is unreadable, and continues an unfinished run from its mid-run checkpoint under
-``<out>/_checkpoints``.  ``python -m psgdlib.experiments run`` is the command line.
+``<out>/_checkpoints``.  Runs go to a local process pool (``jobs``) or, with ``scheduler``, to
+the workers of a Dask distributed cluster, which write to the same (shared) folder by the
+same rules.  ``python -m psgdlib.experiments run`` is the command line.
 """
 from __future__ import annotations
 
@@ -179,7 +181,7 @@ def _run_one(cfg: dict, out_dir: Path, device, max_seconds, threads, progress, c
 def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1, device: str | None = None,
              max_seconds: float | None = None, progress: bool = True,
              command: str | None = None, threads: int | None = None, checkpoint_every: int = 2000,
-             pause_at: float | None = None) -> list[Path]:
+             pause_at: float | None = None, scheduler: Any = None) -> list[Path]:
     """Run every config not already done, in ``jobs`` processes; return the finished files.
 
     ``threads`` is the number of torch threads per run: default 1 when ``jobs > 1``,
@@ -188,11 +190,18 @@ def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1,
     than two with one thread each.  Every run checkpoints mid-run (see :func:`run_file`);
     ``pause_at`` (a ``time.time()`` value) pauses the runs in progress at their next
     evaluation after it and starts no new one: a later call continues them.  A stored run
-    with other settings than its config raises ``ValueError`` before anything is trained."""
+    with other settings than its config raises ``ValueError`` before anything is trained.
+
+    ``scheduler`` (a Dask scheduler address such as ``tcp://host:8786``, or a
+    ``distributed.Client`` or cluster object) sends each unfinished run to that cluster as one
+    task instead (see :func:`_run_on_cluster`); ``jobs`` must then be 1."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if scheduler is not None and jobs > 1:
+        raise ValueError("--scheduler and --jobs > 1 exclude each other: the cluster's workers "
+                         "are the parallel runs (start them with --nworkers N --nthreads 1)")
     out_dir = Path(out_dir)
     _check_writable(out_dir)
     todo, done = [], []
@@ -205,6 +214,12 @@ def run_grid(configs: Sequence[dict], out_dir: str | os.PathLike, jobs: int = 1,
     if progress:
         print(f"{len(configs)} runs in the grid, {len(done)} already done, {len(todo)} to run", flush=True)
     args = (device, max_seconds)
+    if scheduler is not None:
+        if command is None:   # the workers' own argv is ``dask worker ...``: record the sweep's
+            command = " ".join(["python -m psgdlib.experiments"] + sys.argv[1:])
+        kwargs = dict(device=device, max_seconds=max_seconds, threads=threads or 1, progress=False,
+                      command=command, checkpoint_every=checkpoint_every, pause_at=pause_at)
+        return done + _run_on_cluster(scheduler, todo, out_dir, kwargs, progress)
     if jobs == 1 or len(todo) <= 1:
         threads = 1 if threads is None and jobs > 1 else threads
         results = (_run_one(c, out_dir, *args, threads, progress, command, checkpoint_every, pause_at)
@@ -226,3 +241,94 @@ def _collect(results: Iterable[Path | None], progress: bool) -> list[Path]:
             if progress:
                 print("finished", p.name, flush=True)
     return out
+
+
+class MissingPackageError(ImportError):
+    """An optional package that the requested feature needs is not installed."""
+
+
+_NO_DISTRIBUTED = ("--scheduler needs the Dask 'distributed' package, which is not installed: "
+                   "pip install distributed  (or: pip install 'psgdlib[cluster]')")
+
+
+def _client(scheduler: Any):
+    """A ``distributed.Client`` for ``scheduler`` and whether this runner owns (closes) it."""
+    try:
+        import distributed
+    except ImportError as e:
+        raise MissingPackageError(_NO_DISTRIBUTED) from e
+    if isinstance(scheduler, distributed.Client):
+        return scheduler, False
+    if not isinstance(scheduler, str) and not hasattr(scheduler, "scheduler_address"):
+        raise ValueError(f"scheduler must be an address such as tcp://host:8786, a distributed.Client "
+                         f"or a cluster, got {type(scheduler).__name__}")
+    try:
+        return distributed.Client(scheduler, set_as_default=False), True
+    except (OSError, TimeoutError) as e:
+        raise ValueError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler there ({e}); "
+                         "start one with `dask scheduler` (see the README)") from None
+
+
+def _probe_exists(path: str) -> bool:
+    """Run on each worker: whether ``path`` (the client's probe file) is visible there."""
+    return os.path.exists(path)
+
+
+def _check_shared(client, out_dir: Path) -> None:
+    """Fail before any training when a worker does not see ``out_dir`` (not a shared folder):
+    its results would land on that worker's own disk."""
+    with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".dask-probe-") as probe:
+        seen = client.run(_probe_exists, probe.name)
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise ValueError(f"--out {out_dir} is not visible to the workers {', '.join(blind)}: with "
+                         "--scheduler the output folder must be on a filesystem that every worker "
+                         "shares (same path)")
+
+
+def _task_key(cfg: dict, out_dir: Path) -> str:
+    """The cluster's name of run ``cfg`` into ``out_dir``: its run name, plus a hash of the
+    folder so that one run written to two folders is two tasks."""
+    import hashlib
+    tag = hashlib.sha1(str(out_dir).encode()).hexdigest()[:8]
+    return f"{Path(run_name(cfg)).stem}-{tag}"
+
+
+def _run_on_cluster(scheduler: Any, todo: Sequence[dict], out_dir: Path, kwargs: dict,
+                    progress: bool) -> list[Path]:
+    """Run ``todo`` on a Dask cluster, one task per run; return the finished files.
+
+    Each task is :func:`_run_one` on a worker, which writes the result file itself (atomically)
+    into ``out_dir``, so the folder must be shared by every worker (checked first).  A task
+    whose worker dies (killed, lost, out of memory) is rescheduled by the scheduler on another
+    worker (up to ``distributed.scheduler.allowed-failures`` times, default 3), and continues
+    from the run's last checkpoint under ``out_dir/_checkpoints``.  An exception in a run is
+    not retried (it would fail again); the other runs go on, and the first error is raised
+    once they are done."""
+    shared = out_dir.resolve()   # the workers' working folders differ from ours
+    client, own = _client(scheduler)
+    try:
+        _check_shared(client, shared)
+        if progress:
+            n = len(client.scheduler_info().get("workers", {}))
+            print(f"submitting {len(todo)} runs to {client.scheduler.address} ({n} workers now)",
+                  flush=True)
+        from distributed import as_completed as dask_completed
+        futs = [client.submit(_run_one, c, shared, key=_task_key(c, shared), pure=False, **kwargs)
+                for c in todo]
+        finished, errors = [], []
+        for f in dask_completed(futs, loop=client.loop):   # (not the default client)
+            try:
+                p = f.result()
+            except Exception as e:   # noqa: BLE001 - reported below, after the other runs
+                errors.append(e)
+                print(f"run {f.key} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                continue
+            finished.append(None if p is None else out_dir / Path(p).name)
+        finished = _collect(finished, progress)
+        if errors:
+            raise errors[0]
+        return finished
+    finally:
+        if own:
+            client.close()
