@@ -18,22 +18,11 @@ import torch
 
 from psgdlib import experiments as ex
 from psgdlib import runner
+from tests.cli_runs import results
 
 GRID = ["run", "--problems", "addition", "--T", "10", "--seeds", "0-2", "--hidden", "8",
         "--iterations", "200", "--eval-every", "50", "--n-test", "200", "--no-stop",
         "--optimizers", "psgd_kron", "--checkpoint-every", "100"]
-
-
-def _results(folder: Path) -> dict[str, dict]:
-    """The result files of ``folder`` by name, without wall times and provenance."""
-    out = {}
-    for f in sorted(folder.glob("*.json")):
-        r = json.loads(f.read_text())
-        for k in ("wall_time", "seconds_per_iteration", "provenance"):
-            r.pop(k, None)
-        r["curve"].pop("wall_time")
-        out[f.name] = r
-    return out
 
 
 def _iteration(ckpt: Path) -> int:
@@ -96,8 +85,8 @@ def test_the_grid_on_a_cluster_gives_the_local_runners_files(cluster, tmp_path, 
     local, shared = tmp_path / "local", tmp_path / "shared"
     assert ex.main(GRID + ["--out", str(local)]) == 0
     assert ex.main(GRID + ["--out", str(shared), "--scheduler", cluster.scheduler_address]) == 0
-    assert len(_results(local)) == 3
-    assert _results(shared) == _results(local)
+    assert len(results(local)) == 3
+    assert results(shared) == results(local)
     assert not list((shared / ex.CHECKPOINT_DIR).glob("*.pt")), "finished runs remove their checkpoints"
     for f in shared.glob("*.json"):   # the sweep's command, not the worker's `dask worker ...`
         assert json.loads(f.read_text())["provenance"]["command"].endswith(
@@ -141,7 +130,7 @@ def test_a_run_whose_worker_is_killed_is_finished_from_its_checkpoint(cluster, t
         assert not sweep.is_alive(), "the sweep did not finish"
         assert pid not in client.run(os.getpid).values(), "the killed worker is gone"
     assert done == [[out / runner.run_name(cfg)]]
-    assert _results(out) == _results(ref) and len(_results(ref)) == 1
+    assert results(out) == results(ref) and len(results(ref)) == 1
     assert seen and min(seen) >= at_kill, \
         f"the run restarted from scratch: {at_kill}, then {sorted(set(seen))}"
     assert not ckpt.exists(), "the finished run removed its checkpoint"
